@@ -1,0 +1,92 @@
+#include "runtime.h"
+
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+
+namespace kiln::app {
+namespace fs = std::filesystem;
+
+InstallLayout installLayout() {
+  std::error_code ec;
+  fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  const fs::path bin = ec ? fs::current_path() : exe.parent_path();
+  return InstallLayout{(bin / KILN_PLUGIN_DIR_FROM_BIN).lexically_normal().string(),
+                       (bin / KILN_TEMPLATE_DIR_FROM_BIN).lexically_normal().string()};
+}
+
+config::EnvLookup configEnvironment(const InstallLayout& layout) {
+  return [layout](const std::string& name) -> std::optional<std::string> {
+    if (const char* v = std::getenv(name.c_str())) return std::string(v);
+    if (name == "KILN_PLUGIN_DIR") return layout.plugin_dir;
+    if (name == "KILN_TEMPLATE_DIR") return layout.template_dir;
+    return std::nullopt;
+  };
+}
+
+namespace {
+
+std::unique_ptr<plugins::Registry> loadWith(const std::vector<std::string>& dirs,
+                                            std::vector<std::string>* errors,
+                                            plugins::HostServices services) {
+  auto registry = std::make_unique<plugins::Registry>(std::move(services));
+  std::vector<plugins::LoadError> load_errors;
+  for (const auto& d : dirs) registry->loadDirectory(d, &load_errors);
+  for (const auto& e : load_errors) errors->push_back(e.format());
+  return registry;
+}
+
+}  // namespace
+
+std::unique_ptr<plugins::Registry> loadPlugins(const std::vector<std::string>& dirs,
+                                               std::vector<std::string>* errors) {
+  return loadWith(dirs, errors, {});
+}
+
+BootResult boot(const std::string& config_path, bool create_instances) {
+  BootResult out;
+  const InstallLayout layout = installLayout();
+  auto loaded = config::loadConfig(config_path, configEnvironment(layout));
+  for (const auto& d : loaded.diagnostics) out.errors.push_back(d.format());
+  if (!loaded.config) return out;
+  Runtime rt;
+  rt.config = std::move(*loaded.config);
+
+  std::vector<std::string> dirs;
+  if (rt.config.plugins.bundled) dirs.push_back(layout.plugin_dir);
+  for (const auto& d : rt.config.plugins.directories) dirs.push_back(d);
+  plugins::HostServices services;
+  services.secrets = rt.config.secrets;
+  rt.registry = loadWith(dirs, &out.errors, std::move(services));
+
+  std::map<domain::PluginRef, config::PluginSchemaInfo> schemas;
+  for (const auto* info : rt.registry->list()) {
+    schemas[info->ref] = config::PluginSchemaInfo{info->file, info->config_schema};
+  }
+  const auto diagnostics = config::validatePluginConfigs(
+      rt.config,
+      [&](const domain::PluginRef& ref) -> const config::PluginSchemaInfo* {
+        const auto it = schemas.find(ref);
+        return it == schemas.end() ? nullptr : &it->second;
+      },
+      rt.registry->refs());
+  for (const auto& d : diagnostics) out.errors.push_back(d.format());
+  if (!out.errors.empty()) return out;
+
+  if (create_instances) {
+    for (const auto& [name, inst] : rt.config.instances) {
+      auto created = rt.registry->create(inst.plugin, name, inst.config);
+      if (!created.ok()) {
+        out.errors.push_back(
+            config::Diagnostic{inst.where, created.error().message}.format());
+        continue;
+      }
+      rt.instances[name] = std::move(created).value();
+    }
+  }
+  if (out.errors.empty()) out.runtime = std::move(rt);
+  return out;
+}
+
+}  // namespace kiln::app

@@ -1,0 +1,47 @@
+// The composition root's shared start-up: configuration, plugin registry
+// and plugin instances, as `serve`, `config check` and `plugins list` need.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "kiln/config/config.h"
+#include "kiln/plugins/registry.h"
+
+namespace kiln::app {
+
+// Where the running kiln binary keeps its bundled files (bin/../lib/kiln/plugins,
+// bin/../share/kiln/templates), in the build tree and once installed alike.
+struct InstallLayout {
+  std::string plugin_dir;
+  std::string template_dir;
+};
+InstallLayout installLayout();
+
+// The environment the configuration sees: the process environment plus
+// KILN_PLUGIN_DIR and KILN_TEMPLATE_DIR (the bundled folders) unless set.
+config::EnvLookup configEnvironment(const InstallLayout& layout);
+
+struct Runtime {
+  config::Config config;
+  std::unique_ptr<plugins::Registry> registry;
+  std::map<std::string, std::shared_ptr<plugins::PluginInstance>> instances;
+};
+
+struct BootResult {
+  std::optional<Runtime> runtime;  // set when there were no errors
+  std::vector<std::string> errors;  // formatted, one per problem
+};
+
+// Loads the config, the plugins it asks for, validates every instance
+// config and (when create_instances) creates every instance.
+BootResult boot(const std::string& config_path, bool create_instances);
+
+// Loads plugins only (for `kiln plugins list` without a config).
+std::unique_ptr<plugins::Registry> loadPlugins(const std::vector<std::string>& dirs,
+                                               std::vector<std::string>* errors);
+
+}  // namespace kiln::app
