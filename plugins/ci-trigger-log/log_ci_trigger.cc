@@ -32,8 +32,8 @@ class LogCiTrigger : public kiln::sdk::CiTrigger {
     const json req = json::parse(request);
     const std::string sha = req.value("commit_sha", "");
     if (sha.empty()) throw kiln::sdk::Error("commit_sha is required", KILN_ERR_INVALID_ARGUMENT);
-    const std::string line = message_ + ": " + req.value("repo_url", "?") + " " +
-                             req.value("branch", "?") + " @ " + sha;
+    const std::string line =
+        message_ + ": " + req.value("repo_url", "?") + " " + req.value("branch", "?") + " @ " + sha;
     call.info(line);
     call.output(line + "\n");
     return json{{"run_id", "log-" + std::to_string(++runs_)}, {"status", "success"}}.dump();

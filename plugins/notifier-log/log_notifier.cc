@@ -10,9 +10,9 @@ using nlohmann::json;
 
 class LogNotifier : public kiln::sdk::Notifier {
  public:
-  static constexpr kiln::sdk::PluginInfo kInfo{
-      "log", "Log notifier", "0.1.0", "Writes one line per build event to the Kiln log.",
-      R"({
+  static constexpr kiln::sdk::PluginInfo kInfo{"log", "Log notifier", "0.1.0",
+                                               "Writes one line per build event to the Kiln log.",
+                                               R"({
         "$schema": "http://json-schema.org/draft-07/schema#",
         "type": "object",
         "properties": {
@@ -23,8 +23,8 @@ class LogNotifier : public kiln::sdk::Notifier {
 
   LogNotifier(kiln::sdk::Call&, std::string_view config) {
     const std::string level = json::parse(config).value("level", "info");
-    level_ = level == "debug"  ? KILN_LOG_DEBUG
-             : level == "warn" ? KILN_LOG_WARN
+    level_ = level == "debug"   ? KILN_LOG_DEBUG
+             : level == "warn"  ? KILN_LOG_WARN
              : level == "error" ? KILN_LOG_ERROR
                                 : KILN_LOG_INFO;
   }

@@ -15,8 +15,8 @@
 namespace {
 
 namespace fs = std::filesystem;
-using nlohmann::json;
 using kiln::sdk::Error;
+using nlohmann::json;
 
 class FilesystemTemplates : public kiln::sdk::TemplateProvider {
  public:
@@ -36,7 +36,9 @@ class FilesystemTemplates : public kiln::sdk::TemplateProvider {
       })"};
 
   FilesystemTemplates(kiln::sdk::Call&, std::string_view config) {
-    for (const auto& d : json::parse(config).at("directories")) {
+    const json parsed =
+        json::parse(config);  // named: a range-for over a temporary's member dangles
+    for (const auto& d : parsed.at("directories")) {
       const fs::path dir = d.get<std::string>();
       std::error_code ec;
       if (!fs::is_directory(dir, ec)) {

@@ -112,11 +112,12 @@ TEST(RegistryTest, CPluginProvidesEveryKindThroughItsTables) {
   EXPECT_EQ(result["cancelled"], false);
   EXPECT_TRUE(result["extension"].is_null());
   ASSERT_EQ(rec.events.size(), 2u);
-  EXPECT_EQ(rec.events[0], std::make_pair(int32_t{KILN_EVENT_OUTPUT}, std::string("hello from C\n")));
+  EXPECT_EQ(rec.events[0],
+            std::make_pair(int32_t{KILN_EVENT_OUTPUT}, std::string("hello from C\n")));
   EXPECT_EQ(rec.events[1].first, KILN_EVENT_PROGRESS);
-  EXPECT_THAT(rec.logs, testing::Contains(AllOf(HasSubstr("instance \"test-c-agent\""),
-                                                HasSubstr("build b-1"),
-                                                HasSubstr("c agent starting"))));
+  EXPECT_THAT(rec.logs,
+              testing::Contains(AllOf(HasSubstr("instance \"test-c-agent\""),
+                                      HasSubstr("build b-1"), HasSubstr("c agent starting"))));
 
   auto templates = mustCreate(registry, {PluginKind::kTemplateProvider, "c-templates"});
   const json render_request = {{"template", "t"}};
@@ -158,7 +159,8 @@ TEST(RegistryTest, SdkPluginProvidesEveryKindAndOmitsWhatItDoesNotOverride) {
   ASSERT_EQ(registry.list().size(), 5u);
 
   auto agent = mustCreate(registry, {PluginKind::kCodeAgent, "sdk-agent"});
-  const json r = mustInvoke(*agent, Operation::kExecute, {{"prompt", "p1"}}, recordingOptions(&rec));
+  const json r =
+      mustInvoke(*agent, Operation::kExecute, {{"prompt", "p1"}}, recordingOptions(&rec));
   EXPECT_EQ(r["output"], "sdk agent ran: p1");
   EXPECT_EQ(r["has_secret"], true);
   ASSERT_EQ(rec.events.size(), 2u);
@@ -166,7 +168,8 @@ TEST(RegistryTest, SdkPluginProvidesEveryKindAndOmitsWhatItDoesNotOverride) {
   EXPECT_EQ(json::parse(rec.events[1].second), (json{{"message", "working"}, {"percent", 10}}));
 
   auto templates = mustCreate(registry, {PluginKind::kTemplateProvider, "sdk-templates"});
-  EXPECT_EQ(mustInvoke(*templates, Operation::kRender, {{"template", "x"}})["prompt"], "rendered x");
+  EXPECT_EQ(mustInvoke(*templates, Operation::kRender, {{"template", "x"}})["prompt"],
+            "rendered x");
   EXPECT_FALSE(templates->supports(Operation::kList));
 
   auto git = mustCreate(registry, {PluginKind::kGitHost, "sdk-git"});
@@ -205,6 +208,13 @@ TEST(RegistryTest, ExceptionsInsideAnSdkPluginBecomeErrorsAndTheHostGoesOn) {
   EXPECT_EQ(typed.error().code, ErrorCode::kUnavailable);
   EXPECT_TRUE(typed.error().retryable);
   EXPECT_THAT(typed.error().message, HasSubstr("backend busy, try later"));
+
+  // A host service failure the plugin does not catch keeps the host's message.
+  auto http = agent->invoke(Operation::kExecute, R"({"mode":"http"})");
+  ASSERT_FALSE(http.ok());
+  EXPECT_EQ(http.error().code, ErrorCode::kUnavailable);
+  EXPECT_FALSE(http.error().retryable);
+  EXPECT_THAT(http.error().message, HasSubstr("the host service http_request is not available"));
 
   // Malformed request JSON makes nlohmann throw inside the plugin.
   auto parse = agent->invoke(Operation::kExecute, "{not json");
@@ -251,6 +261,7 @@ TEST(RegistryTest, ContractViolationsAreReportedAsPluginBugs) {
 
   auto bad_json = agent->invoke(Operation::kExecute, R"({"mode":"bad-json"})");
   ASSERT_FALSE(bad_json.ok());
+  EXPECT_EQ(bad_json.error().code, ErrorCode::kPluginBug);
   EXPECT_THAT(bad_json.error().message, HasSubstr("set_result was given invalid JSON"));
 
   auto failure = agent->invoke(Operation::kExecute, R"({"mode":"failure"})");
@@ -312,8 +323,8 @@ TEST(RegistryTest, PluginBuiltForANewerMinorIsRefusedWithBothVersions) {
   Registry registry;
   auto r = registry.loadFile(fixture("fixture-c-minor-newer"));
   ASSERT_FALSE(r.ok());
-  EXPECT_THAT(r.error().message,
-              AllOf(HasSubstr("built for plugin ABI 1.7"), HasSubstr("newer than this kiln's ABI 1.0")));
+  EXPECT_THAT(r.error().message, AllOf(HasSubstr("built for plugin ABI 1.7"),
+                                       HasSubstr("newer than this kiln's ABI 1.0")));
 }
 
 TEST(RegistryTest, SmallerStructsOfAnOlderMinorLoadAndReadAsAbsentBeyondTheirSize) {
@@ -338,9 +349,8 @@ TEST(RegistryTest, MissingEntrySymbolIsNamed) {
   Registry registry;
   auto r = registry.loadFile(fixture("fixture-no-entry"));
   ASSERT_FALSE(r.ok());
-  EXPECT_THAT(r.error().message,
-              AllOf(HasSubstr("missing the entry symbol \"kiln_plugin_entry\""),
-                    HasSubstr("not a Kiln plugin")));
+  EXPECT_THAT(r.error().message, AllOf(HasSubstr("missing the entry symbol \"kiln_plugin_entry\""),
+                                       HasSubstr("not a Kiln plugin")));
 }
 
 TEST(RegistryTest, AFileThatIsNotALibraryIsRefusedAndNamed) {
@@ -366,6 +376,14 @@ TEST(RegistryTest, UnknownKindIsNamedWithTheKindsThisHostKnows) {
   EXPECT_TRUE(registry.list().empty()) << "a library is registered whole or not at all";
 }
 
+TEST(RegistryTest, ANullRequiredFunctionIsRefusedAtLoad) {
+  Registry registry;
+  auto r = registry.loadFile(fixture("fixture-c-null-execute"));
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(r.error().message, HasSubstr("plugin \"c-agent\": its kiln.code-agent/1 table lacks "
+                                           "the required first function"));
+}
+
 TEST(RegistryTest, DuplicateIdNamesBothFilesAndKeepsTheFirst) {
   TempDir dir;
   fs::copy_file(fixture("fixture-c"), dir.path() / "a.so");
@@ -388,7 +406,8 @@ TEST(RegistryTest, MissingDirectoryIsAnError) {
   std::vector<LoadError> errors;
   registry.loadDirectory("/nonexistent/kiln-plugins", &errors);
   ASSERT_EQ(errors.size(), 1u);
-  EXPECT_THAT(errors[0].format(), HasSubstr("/nonexistent/kiln-plugins: plugin directory does not exist"));
+  EXPECT_THAT(errors[0].format(),
+              HasSubstr("/nonexistent/kiln-plugins: plugin directory does not exist"));
 }
 
 TEST(RegistryTest, AnInstanceKeepsItsLibraryLoadedAfterTheRegistryIsGone) {

@@ -24,13 +24,15 @@ class PingNotifier : public kiln::sdk::Notifier {
 
   std::string notify(kiln::sdk::Call& call, std::string_view) override {
     const auto token = call.secret("ping_token");
-    if (!token) throw kiln::sdk::Error("secret ping_token is not configured", KILN_ERR_INVALID_ARGUMENT);
-    const json response = json::parse(call.httpRequest(
-        json{{"method", "POST"}, {"url", url_}, {"headers", {{"Authorization", "Bearer " + *token}}}}
-            .dump()));
+    if (!token)
+      throw kiln::sdk::Error("secret ping_token is not configured", KILN_ERR_INVALID_ARGUMENT);
+    const json response = json::parse(call.httpRequest(json{
+        {"method", "POST"}, {"url", url_}, {"headers", {{"Authorization", "Bearer " + *token}}}}
+                                                           .dump()));
     call.output("pinged " + url_ + "\n");
     const int status = response.at("status");
-    if (status >= 500) throw kiln::sdk::Error("server error " + std::to_string(status), KILN_ERR_UNAVAILABLE, true);
+    if (status >= 500)
+      throw kiln::sdk::Error("server error " + std::to_string(status), KILN_ERR_UNAVAILABLE, true);
     return json{{"delivered", status < 300}, {"detail", "HTTP " + std::to_string(status)}}.dump();
   }
 
@@ -40,7 +42,10 @@ class PingNotifier : public kiln::sdk::Notifier {
 
 class Counter : public kiln::sdk::CiTrigger {
  public:
-  static constexpr kiln::sdk::PluginInfo kInfo{"counter", "Counter", "1.0.0", "Counts",
+  static constexpr kiln::sdk::PluginInfo kInfo{"counter",
+                                               "Counter",
+                                               "1.0.0",
+                                               "Counts",
                                                R"({"type": "object"})",
                                                KILN_PLUGIN_FLAG_SERIALIZED};
   Counter(kiln::sdk::Call&, std::string_view) {}
@@ -64,7 +69,8 @@ TEST(SdkFakeHostTest, DrivesAPluginThroughTheAbiWithScriptedServices) {
   std::string seen_request;
   host.http = [&](std::string_view request) {
     seen_request = std::string(request);
-    return kiln::sdk::testing::ServiceReply{KILN_OK, R"({"status": 204, "headers": {}, "body": ""})"};
+    return kiln::sdk::testing::ServiceReply{KILN_OK,
+                                            R"({"status": 204, "headers": {}, "body": ""})"};
   };
   auto ping = host.create("ping", R"({"url": "http://hooks.invalid/x"})");
   ASSERT_NE(ping, nullptr);

@@ -53,7 +53,8 @@ and that every instance can be created. Prints each problem as
 file:line:column: message and exits 1 if there is any, 0 otherwise.
 )";
 
-const char kPluginsHelp[] = R"(Usage: kiln plugins list [--config FILE] [--plugin-dir DIR]... [--json]
+const char kPluginsHelp[] =
+    R"(Usage: kiln plugins list [--config FILE] [--plugin-dir DIR]... [--json]
 
 Lists every loadable plugin: kind, id, version, ABI version and library file.
 Without --config, lists the bundled plugins plus any --plugin-dir folders;
@@ -72,7 +73,9 @@ std::string versionLine() {
          ")";
 }
 
-bool isHelp(const std::string& a) { return a == "-h" || a == "--help" || a == "help"; }
+bool isHelp(const std::string& a) {
+  return a == "-h" || a == "--help" || a == "help";
+}
 
 // A tiny option parser: --name VALUE, --name=VALUE, short aliases, flags.
 struct Options {
@@ -166,8 +169,8 @@ int pluginsList(const std::vector<std::string>& args, std::ostream& out, std::os
   std::vector<std::string> dirs;
   std::vector<std::string> errors;
   if (!o->values["config"].empty()) {
-    auto loaded = config::loadConfig(o->values["config"].front(),
-                                     configEnvironment(installLayout()));
+    const std::string& path = o->values["config"].front();
+    auto loaded = config::loadConfig(path, configEnvironment(installLayout(), path));
     for (const auto& d : loaded.diagnostics) err << d.format() << "\n";
     if (!loaded.config) return 1;
     if (loaded.config->plugins.bundled) dirs.push_back(installLayout().plugin_dir);
@@ -207,8 +210,7 @@ int pluginsList(const std::vector<std::string>& args, std::ostream& out, std::os
       out << std::left << std::setw(static_cast<int>(w_kind) + 2)
           << domain::pluginKindName(p->ref.kind) << std::setw(static_cast<int>(w_id) + 2)
           << p->ref.id << std::setw(static_cast<int>(w_ver) + 2) << p->version << std::setw(5)
-          << (std::to_string(p->abi_major) + "." + std::to_string(p->abi_minor)) << p->file
-          << "\n";
+          << (std::to_string(p->abi_major) + "." + std::to_string(p->abi_minor)) << p->file << "\n";
     }
   }
   for (const auto& e : errors) err << "error: " << e << "\n";
@@ -216,8 +218,8 @@ int pluginsList(const std::vector<std::string>& args, std::ostream& out, std::os
 }
 
 int serveCommand(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
-  auto o = parseOptions(args, 1, {{"-c", "--config"}, {"-l", "--listen"}}, {"config", "listen"},
-                        {}, err, "serve");
+  auto o = parseOptions(args, 1, {{"-c", "--config"}, {"-l", "--listen"}}, {"config", "listen"}, {},
+                        err, "serve");
   if (!o) return 2;
   if (o->help) {
     out << kServeHelp;
@@ -258,8 +260,8 @@ int runCli(const std::vector<std::string>& args, std::ostream& out, std::ostream
       return sub.empty() ? 2 : 0;
     }
     if (sub != expected) {
-      err << "kiln " << cmd << ": unknown subcommand \"" << sub << "\" (did you mean \"kiln "
-          << cmd << " " << expected << "\"?)\n";
+      err << "kiln " << cmd << ": unknown subcommand \"" << sub << "\" (did you mean \"kiln " << cmd
+          << " " << expected << "\"?)\n";
       return 2;
     }
     return cmd == "config" ? configCheck(args, out, err) : pluginsList(args, out, err);

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 
@@ -16,11 +17,15 @@ InstallLayout installLayout() {
                        (bin / KILN_TEMPLATE_DIR_FROM_BIN).lexically_normal().string()};
 }
 
-config::EnvLookup configEnvironment(const InstallLayout& layout) {
-  return [layout](const std::string& name) -> std::optional<std::string> {
+config::EnvLookup configEnvironment(const InstallLayout& layout, const std::string& config_path) {
+  std::error_code ec;
+  const std::string config_dir =
+      fs::absolute(config_path, ec).parent_path().lexically_normal().string();
+  return [layout, config_dir](const std::string& name) -> std::optional<std::string> {
     if (const char* v = std::getenv(name.c_str())) return std::string(v);
     if (name == "KILN_PLUGIN_DIR") return layout.plugin_dir;
     if (name == "KILN_TEMPLATE_DIR") return layout.template_dir;
+    if (name == "KILN_CONFIG_DIR") return config_dir;
     return std::nullopt;
   };
 }
@@ -47,11 +52,15 @@ std::unique_ptr<plugins::Registry> loadPlugins(const std::vector<std::string>& d
 BootResult boot(const std::string& config_path, bool create_instances) {
   BootResult out;
   const InstallLayout layout = installLayout();
-  auto loaded = config::loadConfig(config_path, configEnvironment(layout));
-  for (const auto& d : loaded.diagnostics) out.errors.push_back(d.format());
-  if (!loaded.config) return out;
+  auto loaded = config::loadConfig(config_path, configEnvironment(layout, config_path));
+  std::vector<config::Diagnostic> diagnostics = std::move(loaded.diagnostics);
+  if (!loaded.config && !loaded.partial) {
+    for (const auto& d : diagnostics) out.errors.push_back(d.format());
+    return out;
+  }
+  const bool structurally_valid = loaded.config.has_value();
   Runtime rt;
-  rt.config = std::move(*loaded.config);
+  rt.config = std::move(structurally_valid ? *loaded.config : *loaded.partial);
 
   std::vector<std::string> dirs;
   if (rt.config.plugins.bundled) dirs.push_back(layout.plugin_dir);
@@ -64,13 +73,18 @@ BootResult boot(const std::string& config_path, bool create_instances) {
   for (const auto* info : rt.registry->list()) {
     schemas[info->ref] = config::PluginSchemaInfo{info->file, info->config_schema};
   }
-  const auto diagnostics = config::validatePluginConfigs(
+  const auto plugin_diagnostics = config::validatePluginConfigs(
       rt.config,
       [&](const domain::PluginRef& ref) -> const config::PluginSchemaInfo* {
         const auto it = schemas.find(ref);
         return it == schemas.end() ? nullptr : &it->second;
       },
       rt.registry->refs());
+  diagnostics.insert(diagnostics.end(), plugin_diagnostics.begin(), plugin_diagnostics.end());
+  std::stable_sort(diagnostics.begin(), diagnostics.end(), [](const auto& a, const auto& b) {
+    return std::pair(a.where.line, a.where.column) < std::pair(b.where.line, b.where.column);
+  });
+  // Plugin load errors come first: they explain any "no plugin" below.
   for (const auto& d : diagnostics) out.errors.push_back(d.format());
   if (!out.errors.empty()) return out;
 
@@ -78,8 +92,7 @@ BootResult boot(const std::string& config_path, bool create_instances) {
     for (const auto& [name, inst] : rt.config.instances) {
       auto created = rt.registry->create(inst.plugin, name, inst.config);
       if (!created.ok()) {
-        out.errors.push_back(
-            config::Diagnostic{inst.where, created.error().message}.format());
+        out.errors.push_back(config::Diagnostic{inst.where, created.error().message}.format());
         continue;
       }
       rt.instances[name] = std::move(created).value();

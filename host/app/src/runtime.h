@@ -21,9 +21,11 @@ struct InstallLayout {
 };
 InstallLayout installLayout();
 
-// The environment the configuration sees: the process environment plus
-// KILN_PLUGIN_DIR and KILN_TEMPLATE_DIR (the bundled folders) unless set.
-config::EnvLookup configEnvironment(const InstallLayout& layout);
+// The environment the configuration sees: the process environment plus,
+// unless set there, KILN_PLUGIN_DIR and KILN_TEMPLATE_DIR (the bundled
+// folders) and KILN_CONFIG_DIR (the folder of `config_path`), so that plugin
+// configs can name paths relative to the file, which kiln cannot do for them.
+config::EnvLookup configEnvironment(const InstallLayout& layout, const std::string& config_path);
 
 struct Runtime {
   config::Config config;
@@ -32,7 +34,7 @@ struct Runtime {
 };
 
 struct BootResult {
-  std::optional<Runtime> runtime;  // set when there were no errors
+  std::optional<Runtime> runtime;   // set when there were no errors
   std::vector<std::string> errors;  // formatted, one per problem
 };
 

@@ -34,18 +34,15 @@ bool parseListen(const std::string& text, std::string* host, uint16_t* port) {
 
 std::shared_ptr<http::Router> makeRouter(const Runtime& rt) {
   auto router = std::make_shared<http::Router>();
-  router->add("GET", "/healthz", [](const http::Request&) {
-    return http::json(200, R"({"status":"ok"})");
-  });
-  const nlohmann::json version = {
-      {"name", "kiln"},
-      {"version", KILN_VERSION},
-      {"plugin_abi", std::to_string(KILN_ABI_VERSION_MAJOR) + "." +
-                         std::to_string(KILN_ABI_VERSION_MINOR)},
-      {"plugins", rt.registry->list().size()}};
-  router->add("GET", "/version", [body = version.dump()](const http::Request&) {
-    return http::json(200, body);
-  });
+  router->add("GET", "/healthz",
+              [](const http::Request&) { return http::json(200, R"({"status":"ok"})"); });
+  const nlohmann::json version = {{"name", "kiln"},
+                                  {"version", KILN_VERSION},
+                                  {"plugin_abi", std::to_string(KILN_ABI_VERSION_MAJOR) + "." +
+                                                     std::to_string(KILN_ABI_VERSION_MINOR)},
+                                  {"plugins", rt.registry->list().size()}};
+  router->add("GET", "/version",
+              [body = version.dump()](const http::Request&) { return http::json(200, body); });
   return router;
 }
 
@@ -81,22 +78,22 @@ int serve(const ServeOptions& options, std::ostream& out, std::ostream& err) {
     err << "kiln serve: " << started.error().message << "\n";
     return 1;
   }
-  const std::string shown_host = so.host.find(':') != std::string::npos ? "[" + so.host + "]"
-                                                                         : so.host;
+  const std::string shown_host =
+      so.host.find(':') != std::string::npos ? "[" + so.host + "]" : so.host;
   out << "kiln " << KILN_VERSION << ": listening on http://" << shown_host << ":" << server.port()
       << " (" << rt.instances.size() << " plugin instances, " << rt.config.projects.size()
       << " projects)" << std::endl;
 
   int received = 0;
   sigwait(&signals, &received);
-  out << "kiln: received " << (received == SIGTERM ? "SIGTERM" : "SIGINT")
-      << ", shutting down" << std::endl;
+  out << "kiln: received " << (received == SIGTERM ? "SIGTERM" : "SIGINT") << ", shutting down"
+      << std::endl;
   const auto t0 = std::chrono::steady_clock::now();
   server.stop();
   rt.instances.clear();  // destroy instances before their libraries unload
-  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
-                      std::chrono::steady_clock::now() - t0)
-                      .count();
+  const auto ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0)
+          .count();
   out << "kiln: stopped in " << ms << " ms" << std::endl;
   return 0;
 }

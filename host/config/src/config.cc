@@ -472,6 +472,7 @@ class Loader {
     if (!entries) return;
     for (const MapEntry& ie : *entries) {
       const std::string label = "instance " + quote(ie.key);
+      const size_t errors_before = ctx_.diagnostics().size();
       if (!isValidName(ie.key)) {
         ctx_.error(ie.key_where, "instance name " + quote(ie.key) + " " + kNameRule);
       }
@@ -518,7 +519,11 @@ class Loader {
           ctx_.error(plugin->value_where, label + ": plugin: " + error);
         }
       }
-      config_->instances[ie.key] = std::move(instance);
+      // Only an instance without errors of its own goes on to plugin
+      // validation, so a broken one yields no second, derived error.
+      if (ctx_.diagnostics().size() == errors_before) {
+        config_->instances[ie.key] = std::move(instance);
+      }
     }
   }
 
@@ -677,7 +682,11 @@ LoadResult parseConfig(const std::string& yaml_text, const std::string& path_for
   LoadResult result;
   result.diagnostics = std::move(ctx.diagnostics());
   std::stable_sort(result.diagnostics.begin(), result.diagnostics.end(), before);
-  if (result.diagnostics.empty()) result.config = std::move(config);
+  if (result.diagnostics.empty()) {
+    result.config = std::move(config);
+  } else {
+    result.partial = std::move(config);
+  }
   return result;
 }
 

@@ -23,8 +23,8 @@ std::optional<PluginKind> parsePluginKind(std::string_view name) {
 std::optional<PluginRef> parsePluginRef(std::string_view text, std::string* error) {
   const auto slash = text.find('/');
   if (slash == std::string_view::npos || slash == 0 || slash + 1 == text.size()) {
-    *error = "expected \"<kind>/<id>\" such as \"code-agent/command\", got \"" +
-             std::string(text) + "\"";
+    *error = "expected \"<kind>/<id>\" such as \"code-agent/command\", got \"" + std::string(text) +
+             "\"";
     return std::nullopt;
   }
   const auto kind = parsePluginKind(text.substr(0, slash));

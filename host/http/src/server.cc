@@ -78,9 +78,9 @@ Response Router::dispatch(Request& request) const {
   if (!allowed.empty()) {
     std::string allow;
     for (const auto& m : allowed) allow += (allow.empty() ? "" : ", ") + m;
-    Response r = problem(405, "method-not-allowed", "Method not allowed",
-                         request.method + " is not supported on " + request.path +
-                             "; use " + allow);
+    Response r =
+        problem(405, "method-not-allowed", "Method not allowed",
+                request.method + " is not supported on " + request.path + "; use " + allow);
     r.headers.emplace_back("Allow", allow);
     return r;
   }
@@ -171,13 +171,19 @@ Server::Server(ServerOptions options, std::shared_ptr<const Router> router)
   impl_->router = std::move(router);
 }
 
-Server::~Server() { stop(); }
+Server::~Server() {
+  stop();
+}
 
 Result<void> Server::start() {
   const auto& o = impl_->options;
   try {
     Poco::Net::SocketAddress address(o.host, o.port);
-    Poco::Net::ServerSocket socket(address, 64);
+    // Rationale: Poco's ServerSocket(address) also sets SO_REUSEPORT, which
+    // would let a second kiln share the port silently; refuse instead.
+    Poco::Net::ServerSocket socket;
+    socket.bind(address, /*reuseAddress=*/true, /*reusePort=*/false);
+    socket.listen(64);
     impl_->port = socket.address().port();
     auto* params = new Poco::Net::HTTPServerParams();
     params->setMaxThreads(o.threads);
@@ -190,13 +196,14 @@ Result<void> Server::start() {
     impl_->server->start();
   } catch (const Poco::Exception& e) {
     return makeError(ErrorCode::kUnavailable, "cannot listen on " + o.host + ":" +
-                                                  std::to_string(o.port) + ": " +
-                                                  e.displayText());
+                                                  std::to_string(o.port) + ": " + e.displayText());
   }
   return {};
 }
 
-uint16_t Server::port() const { return impl_->port; }
+uint16_t Server::port() const {
+  return impl_->port;
+}
 
 void Server::stop() {
   if (impl_->server) {

@@ -53,6 +53,7 @@ struct kiln_call {
   const kiln::plugins::PluginInfo* plugin = nullptr;
 
   std::optional<std::string> result;
+  std::string invalid_result;  // why set_result refused the document, if it did
   bool error_set = false;
   kiln_status error_code = KILN_OK;
   bool error_retryable = false;

@@ -85,8 +85,9 @@ kiln_status hostSetResult(kiln_call* call, kiln_str json) {
   if (call == nullptr) return KILN_ERR_INVALID_ARGUMENT;
   const std::string_view text = view(json);
   if (!nlohmann::json::accept(text)) {
-    recordError(call, KILN_ERR_INTERNAL, false,
-                "set_result was given invalid JSON (" + std::to_string(text.size()) + " bytes)");
+    call->invalid_result =
+        "set_result was given invalid JSON (" + std::to_string(text.size()) + " bytes)";
+    recordError(call, KILN_ERR_INTERNAL, false, call->invalid_result);
     return KILN_ERR_INVALID_ARGUMENT;
   }
   call->result = std::string(text);
@@ -112,8 +113,8 @@ kiln_status runService(kiln_call* call, const HostServices::Handler& handler, co
     return KILN_ERR_UNAVAILABLE;
   }
   static const CallOptions kNoOptions;
-  auto result = handler(std::string(view(request)),
-                        call->options != nullptr ? *call->options : kNoOptions);
+  auto result =
+      handler(std::string(view(request)), call->options != nullptr ? *call->options : kNoOptions);
   if (!result.ok()) {
     recordError(call, toStatus(result.error().code), result.error().retryable,
                 result.error().message);
@@ -140,8 +141,10 @@ const void* hostGetExtension(const kiln_host*, const char*) {
 
 std::string describeCallee(const kiln_call& call) {
   std::string out;
-  if (call.instance_name != nullptr) out = "instance \"" + *call.instance_name + "\" (";
-  else out = "plugin ";
+  if (call.instance_name != nullptr)
+    out = "instance \"" + *call.instance_name + "\" (";
+  else
+    out = "plugin ";
   if (call.plugin != nullptr) out += call.plugin->ref.str() + " from ";
   out += call.library->path();
   if (call.instance_name != nullptr) out += ")";

@@ -97,6 +97,10 @@ ErrorCode errorCodeOf(kiln_status status) {
 // Turns the outcome of a plugin call into a Result, enforcing the contract.
 Result<void> checkOutcome(const kiln_call& call, kiln_status status, const char* function) {
   const std::string who = describeCallee(call);
+  if (!call.invalid_result.empty()) {
+    return makeError(ErrorCode::kPluginBug,
+                     who + ": " + function + "(): " + call.invalid_result + " (a plugin bug)");
+  }
   if (status == KILN_OK) return {};
   if (status < KILN_ERR_INVALID_ARGUMENT || status > KILN_ERR_INTERNAL) {
     return makeError(ErrorCode::kPluginBug, who + ": " + function + "() returned unknown status " +
@@ -199,8 +203,7 @@ Result<std::string> PluginInstance::invoke(Operation op, const std::string& requ
 
   std::unique_lock<std::mutex> lock(serialize_mu_, std::defer_lock);
   if ((info_->flags & KILN_PLUGIN_FLAG_SERIALIZED) != 0) lock.lock();
-  const kiln_status status =
-      fn(handle_, &call, kiln_str{request_json.data(), request_json.size()});
+  const kiln_status status = fn(handle_, &call, kiln_str{request_json.data(), request_json.size()});
   if (lock.owns_lock()) lock.unlock();
 
   if (auto checked = checkOutcome(call, status, operationName(op)); !checked.ok()) {
@@ -316,8 +319,9 @@ Result<void> Registry::loadFile(const std::string& path_in) {
     if (desc.id == nullptr || desc.kind == nullptr || desc.name == nullptr ||
         desc.version == nullptr || desc.create == nullptr || desc.destroy == nullptr ||
         desc.table == nullptr) {
-      problems.push_back(at + ": descriptor lacks one of kind, id, name, version, create, "
-                              "destroy, table");
+      problems.push_back(at +
+                         ": descriptor lacks one of kind, id, name, version, create, "
+                         "destroy, table");
       continue;
     }
     const std::string id = desc.id;
@@ -341,6 +345,20 @@ Result<void> Registry::loadFile(const std::string& path_in) {
     }
     std::vector<unsigned char> table(kind->host_size, 0);
     std::memcpy(table.data(), desc.table, std::min<size_t>(table_size, kind->host_size));
+    // Every v1 table's first function (right after struct_size) is required.
+    static_assert(
+        offsetof(kiln_notifier_v1, notify) == offsetof(kiln_code_agent_v1, execute) &&
+        offsetof(kiln_ci_trigger_v1, trigger) == offsetof(kiln_code_agent_v1, execute) &&
+        offsetof(kiln_git_host_v1, credentials) == offsetof(kiln_code_agent_v1, execute) &&
+        offsetof(kiln_template_provider_v1, render) == offsetof(kiln_code_agent_v1, execute));
+    void* first_function = nullptr;
+    std::memcpy(&first_function, table.data() + offsetof(kiln_code_agent_v1, execute),
+                sizeof(void*));
+    if (first_function == nullptr) {
+      problems.push_back("plugin \"" + id + "\": its " + kind->id +
+                         " table lacks the required first function");
+      continue;
+    }
     loaded->tables.push_back(std::move(table));
     loaded->descriptors.back().table = loaded->tables.back().data();
 
@@ -364,10 +382,17 @@ Result<void> Registry::loadFile(const std::string& path_in) {
       continue;
     }
     std::string schema_error;
-    if (!config::JsonSchema::compile(info->config_schema, &schema_error)) {
-      problems.push_back("plugin " + info->ref.str() + ": config_schema is not a usable JSON "
-                         "Schema: " + schema_error);
+    const auto schema = config::JsonSchema::compile(info->config_schema, &schema_error);
+    if (!schema) {
+      problems.push_back("plugin " + info->ref.str() +
+                         ": config_schema is not a usable JSON Schema: " + schema_error);
       continue;
+    }
+    if (!schema->ignoredKeywords().empty()) {
+      std::string names;
+      for (const auto& k : schema->ignoredKeywords()) names += (names.empty() ? "" : ", ") + k;
+      loaded->log(LogLevel::kWarn, path + ": plugin " + info->ref.str() +
+                                       ": config_schema keywords kiln does not check: " + names);
     }
     const bool dup_here = std::any_of(found.begin(), found.end(),
                                       [&](const Entry& e) { return e.info->ref == info->ref; });
@@ -413,22 +438,23 @@ Result<std::shared_ptr<PluginInstance>> Registry::create(const domain::PluginRef
                                                          const nlohmann::json& config) const {
   const auto it = plugins_.find(ref);
   if (it == plugins_.end()) {
-    return makeError(ErrorCode::kNotFound, "instance \"" + instance_name + "\": no plugin " +
-                                               ref.str() + " is loaded");
+    return makeError(ErrorCode::kNotFound,
+                     "instance \"" + instance_name + "\": no plugin " + ref.str() + " is loaded");
   }
   const Entry& e = it->second;
   const std::string who =
       "instance \"" + instance_name + "\" (" + ref.str() + " from " + e.info->file + ")";
   std::string schema_error;
   auto schema = config::JsonSchema::compile(e.info->config_schema, &schema_error);
-  if (!schema) return makeError(ErrorCode::kPluginBug, who + ": bad config schema: " + schema_error);
+  if (!schema)
+    return makeError(ErrorCode::kPluginBug, who + ": bad config schema: " + schema_error);
   const auto violations = schema->validate(config);
   if (!violations.empty()) {
     std::string message = who + ": config rejected by the plugin's schema: ";
     for (size_t i = 0; i < violations.size(); ++i) {
       const auto& v = violations[i];
-      message += (i ? "; " : "") + (v.instance_path.empty() ? "(root)" : v.instance_path) +
-                 ": " + v.message;
+      message += (i ? "; " : "") + (v.instance_path.empty() ? "(root)" : v.instance_path) + ": " +
+                 v.message;
     }
     return makeError(ErrorCode::kInvalidArgument, message);
   }

@@ -106,7 +106,8 @@ typedef int32_t kiln_event_kind;
 /* ---- Host services ---------------------------------------------------- */
 
 /* One invocation of a plugin function: create(), or one call of a kind's
- * table. Opaque and host-owned.
+ * table. Opaque and host-owned. The request/config kiln_str a function
+ * receives is borrowed for the duration of that function only.
  * LIFETIME: valid only until the plugin function it was passed to returns.
  * THREAD: use it only on the thread that received it, except is_cancelled
  * and emit, which may be called from any thread during the call. */
@@ -139,8 +140,11 @@ typedef struct kiln_host {
   bool (*is_cancelled)(kiln_call* call);
 
   /* Records why the call fails. Call it before returning a non-OK status;
-   * the last call wins. `retryable` tells the host whether the same call
-   * may succeed later (network trouble) or not (bad input). */
+   * the last call wins. The status the function returns is what counts;
+   * pass the same code here. `retryable` tells the host whether the same
+   * call may succeed later (network trouble) or not (bad input). A failed
+   * host service (get_secret aside from NOT_FOUND, http_request,
+   * run_process) has already recorded its error for the call. */
   void (*set_error)(kiln_call* call, kiln_status code, bool retryable, kiln_str message);
 
   /* The result sink: hands the call's result document (JSON) to the host,
@@ -191,13 +195,13 @@ typedef struct kiln_host {
  * NUL-terminated UTF-8. */
 typedef struct kiln_plugin_descriptor {
   uint32_t struct_size;
-  uint32_t flags;              /* KILN_PLUGIN_FLAG_* */
-  const char* kind;            /* a KILN_KIND_* id, e.g. "kiln.notifier/1" */
-  const char* id;              /* unique per kind: [a-z0-9][a-z0-9_-]*, e.g. "webhook" */
-  const char* name;            /* human-readable, e.g. "Webhook notifier" */
-  const char* version;         /* the plugin's own semantic version */
-  const char* description;     /* one or two sentences for `kiln plugins list` */
-  const char* config_schema;   /* JSON Schema draft-07 of the instance config */
+  uint32_t flags;            /* KILN_PLUGIN_FLAG_* */
+  const char* kind;          /* a KILN_KIND_* id, e.g. "kiln.notifier/1" */
+  const char* id;            /* unique per kind: [a-z0-9][a-z0-9_-]*, e.g. "webhook" */
+  const char* name;          /* human-readable, e.g. "Webhook notifier" */
+  const char* version;       /* the plugin's own semantic version */
+  const char* description;   /* OPTIONAL: one or two sentences (`kiln plugins list --json`) */
+  const char* config_schema; /* JSON Schema draft-07 of the instance config */
 
   /* Creates an instance from its configuration (JSON object already
    * validated against config_schema, defaults filled in). On KILN_OK stores
@@ -226,10 +230,10 @@ typedef struct kiln_plugin_descriptor {
  * The host reads struct_size, abi_major and abi_minor before anything else. */
 typedef struct kiln_library_entry {
   uint32_t struct_size;
-  uint32_t abi_major; /* KILN_ABI_VERSION_MAJOR the library was built with */
-  uint32_t abi_minor; /* KILN_ABI_VERSION_MINOR the library was built with */
-  const char* name;    /* library name, e.g. "kiln-bundled" */
-  const char* version; /* library version */
+  uint32_t abi_major;  /* KILN_ABI_VERSION_MAJOR the library was built with */
+  uint32_t abi_minor;  /* KILN_ABI_VERSION_MINOR the library was built with */
+  const char* name;    /* OPTIONAL: library name, e.g. "kiln-bundled" */
+  const char* version; /* OPTIONAL: library version */
 
   /* Called once after loading, before any other function. `host` stays
    * valid until deinit() returns. Returns false (after host->log) when the

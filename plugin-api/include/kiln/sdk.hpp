@@ -45,13 +45,31 @@ class Error : public std::runtime_error {
       : std::runtime_error(std::move(message)), code_(code), retryable_(retryable) {}
   kiln_status code() const noexcept { return code_; }
   bool retryable() const noexcept { return retryable_; }
+  // True when the host already recorded the error for this call (a failed
+  // host service); the trampoline then leaves the host's message in place.
+  bool recordedByHost() const noexcept { return recorded_by_host_; }
+
+ protected:
+  bool recorded_by_host_ = false;
 
  private:
   kiln_status code_;
   bool retryable_;
 };
 
-inline kiln_str toStr(std::string_view s) noexcept { return kiln_str{s.data(), s.size()}; }
+// A host service (http_request, run_process, get_secret) failed; the host's
+// own message and retryability are what the call reports if not caught.
+class HostServiceError : public Error {
+ public:
+  HostServiceError(std::string service, kiln_status code)
+      : Error("host service " + service + " failed", code, false) {
+    recorded_by_host_ = true;
+  }
+};
+
+inline kiln_str toStr(std::string_view s) noexcept {
+  return kiln_str{s.data(), s.size()};
+}
 inline std::string_view toView(kiln_str s) noexcept {
   return s.size == 0 ? std::string_view() : std::string_view(s.data, s.size);
 }
@@ -91,7 +109,9 @@ inline const kiln_host*& hostSlot() noexcept {
 }  // namespace detail
 
 // The host as seen by the library, outside any call (e.g. for logging).
-inline const kiln_host* host() noexcept { return detail::hostSlot(); }
+inline const kiln_host* host() noexcept {
+  return detail::hostSlot();
+}
 
 // One invocation: the host services for this call. Valid only during it.
 class Call {
@@ -129,12 +149,12 @@ class Call {
     kiln_str value{nullptr, 0};
     const kiln_status st = host_->get_secret(call_, toStr(name), &value);
     if (st == KILN_ERR_NOT_FOUND) return std::nullopt;
-    if (st != KILN_OK) throw Error("secret lookup failed", st);
+    if (st != KILN_OK) throw HostServiceError("get_secret", st);
     return std::string(toView(value));
   }
 
-  // kiln_host.http_request; throws Error when the host reports a failure
-  // (its message is already recorded for this call).
+  // kiln_host.http_request; throws HostServiceError when the host reports a
+  // failure (the host recorded its message; catch it to recover).
   std::string httpRequest(std::string_view request_json) const {
     kiln_str response{nullptr, 0};
     checkHost(host_->http_request(call_, toStr(request_json), &response), "http_request");
@@ -153,10 +173,7 @@ class Call {
 
  private:
   static void checkHost(kiln_status st, const char* what) {
-    if (st != KILN_OK) {
-      throw Error(std::string("host service ") + what + " failed", st,
-                  st == KILN_ERR_UNAVAILABLE || st == KILN_ERR_TIMEOUT);
-    }
+    if (st != KILN_OK) throw HostServiceError(what, st);
   }
 
   const kiln_host* host_;
@@ -238,6 +255,7 @@ kiln_status guard(kiln_call* call, Fn&& fn) noexcept {
   try {
     return fn(Call(h, call));
   } catch (const Error& e) {
+    if (e.recordedByHost() && e.code() != KILN_OK) return e.code();
     return fail(e.code() == KILN_OK ? KILN_ERR_INTERNAL : e.code(), e.retryable(), e.what());
   } catch (const std::exception& e) {
     return fail(KILN_ERR_INTERNAL, false, std::string("uncaught exception: ") + e.what());
@@ -263,9 +281,9 @@ kiln_status invoke(void* instance, kiln_call* call, kiln_str request) noexcept {
 // The table entry for an optional function: NULL unless T overrides it.
 // Rationale: &T::f names the base's member when T does not override, which
 // is visible in its type; comparing values would not work for virtuals.
-#define KILN_SDK_OPTIONAL(T, Base, method)                                                  \
-  (std::is_same_v<decltype(&T::method), std::string (Base::*)(Call&, std::string_view)>     \
-       ? nullptr                                                                            \
+#define KILN_SDK_OPTIONAL(T, Base, method)                                              \
+  (std::is_same_v<decltype(&T::method), std::string (Base::*)(Call&, std::string_view)> \
+       ? nullptr                                                                        \
        : &::kiln::sdk::detail::invoke<T, &T::method>)
 
 template <class T>
@@ -328,7 +346,8 @@ struct Plugin {
 
   static kiln_status create(kiln_call* call, kiln_str config, void** instance) noexcept {
     return guard(call, [&](Call c) -> kiln_status {
-      if (instance == nullptr) throw Error("create called without an out-pointer", KILN_ERR_INTERNAL);
+      if (instance == nullptr)
+        throw Error("create called without an out-pointer", KILN_ERR_INTERNAL);
       *instance = new T(c, toView(config));
       return KILN_OK;
     });
@@ -381,17 +400,17 @@ struct Library {
 }  // namespace kiln::sdk
 
 // Defines the library's entry symbol for the listed plugin classes.
-#define KILN_PLUGIN_LIBRARY(library_name, library_version, ...)                      \
-  extern "C" KILN_EXPORT const kiln_library_entry kiln_plugin_entry = {               \
-      sizeof(kiln_library_entry),                                                     \
-      KILN_ABI_VERSION_MAJOR,                                                         \
-      KILN_ABI_VERSION_MINOR,                                                         \
-      library_name,                                                                   \
-      library_version,                                                                \
-      &::kiln::sdk::detail::Library<__VA_ARGS__>::init,                               \
-      &::kiln::sdk::detail::Library<__VA_ARGS__>::deinit,                             \
-      &::kiln::sdk::detail::Library<__VA_ARGS__>::count,                              \
-      &::kiln::sdk::detail::Library<__VA_ARGS__>::get,                                \
+#define KILN_PLUGIN_LIBRARY(library_name, library_version, ...)         \
+  extern "C" KILN_EXPORT const kiln_library_entry kiln_plugin_entry = { \
+      sizeof(kiln_library_entry),                                       \
+      KILN_ABI_VERSION_MAJOR,                                           \
+      KILN_ABI_VERSION_MINOR,                                           \
+      library_name,                                                     \
+      library_version,                                                  \
+      &::kiln::sdk::detail::Library<__VA_ARGS__>::init,                 \
+      &::kiln::sdk::detail::Library<__VA_ARGS__>::deinit,               \
+      &::kiln::sdk::detail::Library<__VA_ARGS__>::count,                \
+      &::kiln::sdk::detail::Library<__VA_ARGS__>::get,                  \
   };
 
 #endif  // KILN_SDK_HPP

@@ -43,8 +43,15 @@ struct Outcome {
 };
 
 enum class Op {
-  kExecute, kRender, kList, kCredentials, kCreateRepository, kOpenChangeRequest,
-  kTrigger, kStatus, kNotify
+  kExecute,
+  kRender,
+  kList,
+  kCredentials,
+  kCreateRepository,
+  kOpenChangeRequest,
+  kTrigger,
+  kStatus,
+  kNotify
 };
 
 // What a scripted host service answers: a status and, on KILN_OK, the document.
@@ -136,9 +143,11 @@ class FakeHost {
       if (fn == nullptr) {
         return Outcome{KILN_ERR_UNSUPPORTED, "", "operation not provided by this plugin", false};
       }
-      return host_->run([&](kiln_call* c) {
-        return fn(handle_, c, kiln_str{request_json.data(), request_json.size()});
-      }, /*expect_result=*/true);
+      return host_->run(
+          [&](kiln_call* c) {
+            return fn(handle_, c, kiln_str{request_json.data(), request_json.size()});
+          },
+          /*expect_result=*/true);
     }
 
    private:
@@ -152,8 +161,9 @@ class FakeHost {
       const void* t = descriptor_->table;
       switch (op) {
         case Op::kExecute:
-          return kind == KILN_KIND_CODE_AGENT_V1 ? static_cast<const kiln_code_agent_v1*>(t)->execute
-                                                 : nullptr;
+          return kind == KILN_KIND_CODE_AGENT_V1
+                     ? static_cast<const kiln_code_agent_v1*>(t)->execute
+                     : nullptr;
         case Op::kRender:
         case Op::kList: {
           if (kind != KILN_KIND_TEMPLATE_PROVIDER_V1) return nullptr;
@@ -207,9 +217,11 @@ class FakeHost {
       return nullptr;
     }
     void* handle = nullptr;
-    Outcome out = run([&](kiln_call* c) {
-      return d->create(c, kiln_str{config_json.data(), config_json.size()}, &handle);
-    }, /*expect_result=*/false);
+    Outcome out = run(
+        [&](kiln_call* c) {
+          return d->create(c, kiln_str{config_json.data(), config_json.size()}, &handle);
+        },
+        /*expect_result=*/false);
     if (out.ok() && handle == nullptr) {
       out = Outcome{KILN_ERR_INTERNAL, "", "plugin bug: create() succeeded without an instance",
                     false};

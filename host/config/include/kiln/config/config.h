@@ -111,6 +111,10 @@ EnvLookup processEnvironment();
 struct LoadResult {
   std::optional<Config> config;         // set when diagnostics is empty
   std::vector<Diagnostic> diagnostics;  // every error found, in file order
+  // When there are diagnostics: what could be read, with every instance
+  // that had errors of its own left out, so that callers can go on checking
+  // the rest (plugin configs) and report all errors in one pass.
+  std::optional<Config> partial;
 };
 
 LoadResult loadConfig(const std::string& path, const EnvLookup& env = processEnvironment());

@@ -1,14 +1,16 @@
 // A JSON Schema (draft-07) validator for plugin configuration.
 //
 // Rationale: Debian 12 packages no C++ JSON Schema validator, so we
-// implement the keywords plugin configs need and check each against the
+// implement draft-07's validation keywords and check them against the
 // official JSON-Schema-Test-Suite (tests/config/json_schema_suite_test.cc):
-// type, properties, required, additionalProperties, enum, const,
-// minimum/maximum, exclusiveMinimum/exclusiveMaximum, minLength/maxLength,
-// pattern, items, minItems/maxItems, default, and $ref within the document
-// ("#", "#/definitions/...", JSON pointers). Other keywords are ignored, as
-// the specification says of unknown keywords; compile() reports the ones it
-// ignores so the loader can warn plugin authors.
+// type, enum, const, default, the numeric, string, array and object
+// keywords, properties/patternProperties/additionalProperties, required,
+// dependencies, propertyNames, items/additionalItems/contains, allOf, anyOf,
+// oneOf, not, if/then/else, definitions and $ref within the document ("#",
+// "#/definitions/...", JSON pointers, the draft-07 meta-schema). `format`,
+// content keywords and unknown keywords are ignored, as the specification
+// allows; compile() reports them (ignoredKeywords) and the plugin loader
+// warns the plugin's author about them.
 #pragma once
 
 #include <memory>

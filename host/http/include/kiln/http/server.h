@@ -18,7 +18,7 @@ struct Request {
   std::string method;
   std::string path;  // decoded, without the query
   std::map<std::string, std::string> query;
-  std::map<std::string, std::string> params;  // from "{name}" route segments
+  std::map<std::string, std::string> params;   // from "{name}" route segments
   std::map<std::string, std::string> headers;  // lower-case names
   std::string body;
 };

@@ -29,8 +29,8 @@ enum class LogLevel { kDebug = 0, kInfo = 1, kWarn = 2, kError = 3 };
 // Options of one call into a plugin. All callbacks may be invoked from any
 // thread while the call runs and must be thread-safe.
 struct CallOptions {
-  std::string build_id;                 // tags log lines; may be empty
-  std::function<bool()> is_cancelled;   // empty: never cancelled
+  std::string build_id;                // tags log lines; may be empty
+  std::function<bool()> is_cancelled;  // empty: never cancelled
   // KILN_EVENT_* kind and its payload; empty: output/progress go to the log.
   std::function<void(int32_t kind, std::string_view payload)> on_event;
 };
