@@ -81,8 +81,9 @@ int serve(const ServeOptions& options, std::ostream& out, std::ostream& err) {
   const std::string shown_host =
       so.host.find(':') != std::string::npos ? "[" + so.host + "]" : so.host;
   out << "kiln " << KILN_VERSION << ": listening on http://" << shown_host << ":" << server.port()
-      << " (" << rt.instances.size() << " plugin instances, " << rt.config.projects.size()
-      << " projects)" << std::endl;
+      << " (" << rt.instances.size() << " plugin instance" << (rt.instances.size() == 1 ? "" : "s")
+      << ", " << rt.config.projects.size() << " project"
+      << (rt.config.projects.size() == 1 ? "" : "s") << ")" << std::endl;
 
   int received = 0;
   sigwait(&signals, &received);
