@@ -14,11 +14,12 @@ ALLOWED = {
     "domain": ({"domain"}, set()),
     "ports": ({"domain", "ports"}, set()),
     "services": ({"domain", "ports", "services"}, set()),
+    "codec": ({"domain", "codec"}, {"nlohmann/"}),
     "config": ({"domain", "config"}, {"nlohmann/", "yaml-cpp/"}),
     "plugins": ({"domain", "ports", "config", "plugins", "abi"}, {"nlohmann/", "boost/dll"}),
-    "http": ({"domain", "ports", "services", "http"}, {"nlohmann/", "Poco/"}),
-    "worker": ({"domain", "ports", "services", "worker"}, set()),
-    "store": ({"domain", "ports", "store"}, {"nlohmann/", "pqxx/", "sqlite3.h"}),
+    "http": ({"domain", "ports", "services", "codec", "http"}, {"nlohmann/", "Poco/"}),
+    "worker": ({"domain", "ports", "services", "plugins", "codec", "worker"}, {"nlohmann/"}),
+    "store": ({"domain", "ports", "codec", "store"}, {"nlohmann/", "pqxx/", "sqlite3.h", "libpq-fe.h"}),
     "app": (None, None),  # the composition root may wire anything
 }
 THIRD_PARTY = ("nlohmann/", "yaml-cpp/", "Poco/", "boost/", "pqxx/", "git2", "sqlite3.h",

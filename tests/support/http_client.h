@@ -15,6 +15,7 @@ struct HttpResult {
 
 HttpResult httpRequest(const std::string& method, const std::string& host, int port,
                        const std::string& path, const std::string& body = "",
-                       const std::string& content_type = "application/json");
+                       const std::string& content_type = "application/json",
+                       const std::map<std::string, std::string>& headers = {});
 
 }  // namespace kiln::testing

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "kiln/plugin.h"
+#include "kiln/store/open.h"
 #include "runtime.h"
 #include "serve.h"
 
@@ -21,6 +22,7 @@ Usage: kiln <command> [options]
 
 Commands:
   serve           Run the HTTP API and the workers
+  migrate         Apply pending database migrations and exit
   config check    Validate a configuration file, its plugins and their configs
   plugins list    List the plugins kiln can load
   version         Print kiln's version and plugin ABI version
@@ -42,7 +44,20 @@ Options:
   -l, --listen H:P      Override server.listen (port 0 picks a free port)
   -h, --help            Show this help
 
-Endpoints: GET /healthz, GET /version
+Endpoints: GET /healthz, GET /version, and the build API:
+  POST /projects/{id}/builds (alias POST /project/{name}/build), GET /projects/{id}/builds,
+  GET /builds/{task_id}, POST /builds/{task_id}/cancel, POST /builds/{task_id}/retry,
+  POST /projects, GET /projects, GET /projects/{id}, POST /project/create-and-build
+)";
+
+const char kMigrateHelp[] = R"(Usage: kiln migrate --config FILE
+
+Applies the pending schema migrations of the configured store (SQLite file
+or PostgreSQL database) and exits. `kiln serve` also applies them at start;
+run this first when several kiln processes share one PostgreSQL database.
+
+Options:
+  -c, --config FILE     Configuration file (required)
 )";
 
 const char kConfigHelp[] = R"(Usage: kiln config check FILE
@@ -235,6 +250,34 @@ int serveCommand(const std::vector<std::string>& args, std::ostream& out, std::o
   return serve(so, out, err);
 }
 
+int migrateCommand(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
+  auto o = parseOptions(args, 1, {{"-c", "--config"}}, {"config"}, {}, err, "migrate");
+  if (!o) return 2;
+  if (o->help) {
+    out << kMigrateHelp;
+    return 0;
+  }
+  if (o->values["config"].empty() || !o->positional.empty()) {
+    err << "kiln migrate: --config FILE is required\n\n" << kMigrateHelp;
+    return 2;
+  }
+  const std::string& path = o->values["config"].front();
+  auto loaded = config::loadConfig(path, configEnvironment(installLayout(), path));
+  for (const auto& d : loaded.diagnostics) err << d.format() << "\n";
+  if (!loaded.config) return 1;
+  const auto& store = loaded.config->store;
+  auto report = store.kind == config::StoreConfig::Kind::kPostgres
+                    ? store::migratePostgres(store::PostgresOptions{store.postgres_url, 1})
+                    : store::migrateSqlite(store::SqliteOptions{store.sqlite_path, 5000});
+  if (!report.ok()) {
+    err << "kiln migrate: " << report.error().message << "\n";
+    return 1;
+  }
+  out << "kiln migrate: applied " << report->applied << " migration"
+      << (report->applied == 1 ? "" : "s") << "; schema version " << report->version << "\n";
+  return 0;
+}
+
 }  // namespace
 
 int runCli(const std::vector<std::string>& args, std::ostream& out, std::ostream& err) {
@@ -252,6 +295,7 @@ int runCli(const std::vector<std::string>& args, std::ostream& out, std::ostream
     return 0;
   }
   if (cmd == "serve") return serveCommand(args, out, err);
+  if (cmd == "migrate") return migrateCommand(args, out, err);
   if (cmd == "config" || cmd == "plugins") {
     const std::string sub = args.size() > 1 ? args[1] : "";
     const std::string expected = cmd == "config" ? "check" : "list";

@@ -6,6 +6,8 @@
 #include <cstdlib>
 #include <filesystem>
 
+#include "kiln/store/open.h"
+
 namespace kiln::app {
 namespace fs = std::filesystem;
 
@@ -100,6 +102,32 @@ BootResult boot(const std::string& config_path, bool create_instances) {
   }
   if (out.errors.empty()) out.runtime = std::move(rt);
   return out;
+}
+
+Result<std::unique_ptr<ports::Store>> openStore(const config::StoreConfig& store) {
+  if (store.kind == config::StoreConfig::Kind::kPostgres) {
+    return store::openPostgresStore(store::PostgresOptions{store.postgres_url, 4});
+  }
+  return store::openSqliteStore(store::SqliteOptions{store.sqlite_path, 5000});
+}
+
+Result<void> syncConfiguredProjects(const config::Config& config, ports::Store& store) {
+  for (const auto& [id, pc] : config.projects) {
+    domain::Project p;
+    p.id = id;
+    p.repo_url = pc.repo_url;
+    p.default_branch = pc.default_branch;
+    p.source = "config";
+    p.max_running_builds = pc.max_running_builds;
+    p.max_pending_builds = pc.max_pending_builds;
+    p.max_timeout_s = pc.max_timeout_s;
+    p.created_at = domain::nowMs();
+    if (auto r = store.upsertProject(p); !r.ok()) {
+      return makeError(r.error().code,
+                       "cannot record configured project \"" + id + "\": " + r.error().message);
+    }
+  }
+  return {};
 }
 
 }  // namespace kiln::app

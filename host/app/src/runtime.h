@@ -10,6 +10,7 @@
 
 #include "kiln/config/config.h"
 #include "kiln/plugins/registry.h"
+#include "kiln/ports/store.h"
 
 namespace kiln::app {
 
@@ -45,5 +46,11 @@ BootResult boot(const std::string& config_path, bool create_instances);
 // Loads plugins only (for `kiln plugins list` without a config).
 std::unique_ptr<plugins::Registry> loadPlugins(const std::vector<std::string>& dirs,
                                                std::vector<std::string>* errors);
+
+// Opens (and migrates) the configured store.
+Result<std::unique_ptr<ports::Store>> openStore(const config::StoreConfig& store);
+
+// Makes the store's copy of every project of the configuration current.
+Result<void> syncConfiguredProjects(const config::Config& config, ports::Store& store);
 
 }  // namespace kiln::app

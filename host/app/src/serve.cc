@@ -1,14 +1,20 @@
 #include "serve.h"
 
 #include <signal.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstring>
+#include <filesystem>
 
 #include <nlohmann/json.hpp>
 
+#include "kiln/http/api.h"
 #include "kiln/http/server.h"
 #include "kiln/plugin.h"
+#include "kiln/services/build_service.h"
+#include "kiln/services/worker_pool.h"
+#include "kiln/worker/plugin_executor.h"
 #include "runtime.h"
 
 namespace kiln::app {
@@ -32,18 +38,57 @@ bool parseListen(const std::string& text, std::string* host, uint16_t* port) {
   return true;
 }
 
-std::shared_ptr<http::Router> makeRouter(const Runtime& rt) {
-  auto router = std::make_shared<http::Router>();
-  router->add("GET", "/healthz",
-              [](const http::Request&) { return http::json(200, R"({"status":"ok"})"); });
-  const nlohmann::json version = {{"name", "kiln"},
-                                  {"version", KILN_VERSION},
-                                  {"plugin_abi", std::to_string(KILN_ABI_VERSION_MAJOR) + "." +
-                                                     std::to_string(KILN_ABI_VERSION_MINOR)},
-                                  {"plugins", rt.registry->list().size()}};
-  router->add("GET", "/version",
-              [body = version.dump()](const http::Request&) { return http::json(200, body); });
-  return router;
+std::string workerId() {
+  char host[256] = {0};
+  gethostname(host, sizeof host - 1);
+  return std::string(host) + ":" + std::to_string(getpid());
+}
+
+// Which instances serve a project: its own bindings from the configuration,
+// or `defaults:` for projects created through the API.
+worker::StageResolver stageResolver(const Runtime& rt) {
+  return [&rt](const domain::Project& project) -> Result<worker::ProjectStages> {
+    const auto it = rt.config.projects.find(project.id);
+    const config::StageBindings& b =
+        it != rt.config.projects.end() ? it->second.stages : rt.config.defaults.stages;
+    worker::ProjectStages stages;
+    auto pick = [&](const std::optional<std::string>& name,
+                    const char* stage) -> Result<std::shared_ptr<plugins::PluginInstance>> {
+      if (!name) return std::shared_ptr<plugins::PluginInstance>();
+      const auto inst = rt.instances.find(*name);
+      if (inst == rt.instances.end()) {
+        return makeError(ErrorCode::kInvalidArgument,
+                         std::string(stage) + " instance \"" + *name + "\" is not configured");
+      }
+      stages.composition.push_back(
+          {stage, *name, inst->second->info().ref.str(), inst->second->info().version});
+      return inst->second;
+    };
+    auto agent = pick(b.agent, "agent");
+    if (!agent.ok()) return agent.error();
+    if (!*agent) {
+      return makeError(ErrorCode::kInvalidArgument,
+                       "project \"" + project.id +
+                           "\" has no agent: set one for it, or under defaults:, in the "
+                           "configuration");
+    }
+    stages.agent = *agent;
+    auto templates = pick(b.template_provider, "template_provider");
+    if (!templates.ok()) return templates.error();
+    stages.template_provider = *templates;
+    auto git = pick(b.git_host, "git_host");
+    if (!git.ok()) return git.error();
+    stages.git_host = *git;
+    auto ci = pick(b.ci_trigger, "ci_trigger");
+    if (!ci.ok()) return ci.error();
+    stages.ci_trigger = *ci;
+    for (const auto& n : b.notifiers.value_or(std::vector<std::string>{})) {
+      auto notifier = pick(n, "notifier");
+      if (!notifier.ok()) return notifier.error();
+      stages.notifiers.push_back(*notifier);
+    }
+    return stages;
+  };
 }
 
 }  // namespace
@@ -73,17 +118,61 @@ int serve(const ServeOptions& options, std::ostream& out, std::ostream& err) {
     err << "kiln serve: --listen must be HOST:PORT, got \"" << *options.listen_override << "\"\n";
     return 2;
   }
-  http::Server server(so, makeRouter(rt));
+
+  auto store = openStore(rt.config.store);
+  if (!store.ok()) {
+    err << "kiln serve: cannot open the store: " << store.error().message << "\n";
+    return 1;
+  }
+  if (auto synced = syncConfiguredProjects(rt.config, **store); !synced.ok()) {
+    err << "kiln serve: " << synced.error().message << "\n";
+    return 1;
+  }
+
+  services::BuildService builds(**store,
+                                services::BuildServiceOptions{rt.config.server.max_prompt_bytes,
+                                                              rt.config.server.max_attempts});
+  worker::PluginExecutorOptions eo;
+  eo.workspace_root =
+      (std::filesystem::temp_directory_path() / ("kiln-workspaces-" + std::to_string(getpid())))
+          .string();
+  worker::PluginExecutor executor(stageResolver(rt), eo);
+  services::WorkerPoolOptions wo;
+  wo.slots = rt.config.server.workers;
+  wo.worker_id = workerId();
+  wo.lease = std::chrono::seconds(rt.config.server.lease_s);
+  wo.heartbeat = std::chrono::milliseconds(rt.config.server.lease_s * 1000 / 3);
+  services::WorkerPool pool(**store, executor, wo);
+
+  auto router = std::make_shared<http::Router>();
+  router->add("GET", "/healthz",
+              [](const http::Request&) { return http::jsonResponse(200, R"({"status":"ok"})"); });
+  const nlohmann::json version = {
+      {"name", "kiln"},
+      {"version", KILN_VERSION},
+      {"plugin_abi",
+       std::to_string(KILN_ABI_VERSION_MAJOR) + "." + std::to_string(KILN_ABI_VERSION_MINOR)},
+      {"plugins", rt.registry->list().size()},
+      {"store",
+       rt.config.store.kind == config::StoreConfig::Kind::kSqlite ? "sqlite" : "postgres"}};
+  router->add("GET", "/version", [body = version.dump()](const http::Request&) {
+    return http::jsonResponse(200, body);
+  });
+  http::addBuildApi(*router, builds);
+
+  http::Server server(so, router);
   if (auto started = server.start(); !started.ok()) {
     err << "kiln serve: " << started.error().message << "\n";
     return 1;
   }
+  pool.start();
   const std::string shown_host =
       so.host.find(':') != std::string::npos ? "[" + so.host + "]" : so.host;
+  const size_t n_inst = rt.instances.size(), n_proj = rt.config.projects.size();
   out << "kiln " << KILN_VERSION << ": listening on http://" << shown_host << ":" << server.port()
-      << " (" << rt.instances.size() << " plugin instance" << (rt.instances.size() == 1 ? "" : "s")
-      << ", " << rt.config.projects.size() << " project"
-      << (rt.config.projects.size() == 1 ? "" : "s") << ")" << std::endl;
+      << " (" << n_inst << " plugin instance" << (n_inst == 1 ? "" : "s") << ", " << n_proj
+      << " project" << (n_proj == 1 ? "" : "s") << ", " << wo.slots << " worker"
+      << (wo.slots == 1 ? "" : "s") << ")" << std::endl;
 
   int received = 0;
   sigwait(&signals, &received);
@@ -91,6 +180,7 @@ int serve(const ServeOptions& options, std::ostream& out, std::ostream& err) {
       << std::endl;
   const auto t0 = std::chrono::steady_clock::now();
   server.stop();
+  pool.drain(std::chrono::seconds(rt.config.server.shutdown_grace_s));
   rt.instances.clear();  // destroy instances before their libraries unload
   const auto ms =
       std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0)

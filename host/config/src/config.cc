@@ -44,8 +44,9 @@ constexpr int64_t kInt64Max = std::numeric_limits<int64_t>::max();
 
 const std::vector<std::string> kTopKeys = {"server",    "store",    "plugins", "secrets",
                                            "instances", "defaults", "projects"};
-const std::vector<std::string> kServerKeys = {"listen", "workers", "max_body_bytes",
-                                              "max_prompt_bytes", "shutdown_grace_s"};
+const std::vector<std::string> kServerKeys = {
+    "listen",           "workers",      "max_body_bytes", "max_prompt_bytes",
+    "shutdown_grace_s", "max_attempts", "lease_s"};
 const std::vector<std::string> kStoreKeys = {"sqlite", "postgres"};
 const std::vector<std::string> kSqliteKeys = {"path"};
 const std::vector<std::string> kPostgresKeys = {"url", "url_file"};
@@ -178,6 +179,13 @@ class Loader {
       if (auto sub = mapping(*e, "defaults")) loadProjectFields(*sub, "defaults", true, &defaults);
     }
     if (auto* e = section("projects")) loadProjects(*e, defaults);
+    // What a project created through the API gets.
+    ProjectConfig& d = config_->defaults;
+    d.default_branch = defaults.default_branch.value_or(d.default_branch);
+    d.stages = defaults.stages;
+    d.max_running_builds = defaults.max_running_builds.value_or(d.max_running_builds);
+    d.max_pending_builds = defaults.max_pending_builds.value_or(d.max_pending_builds);
+    d.max_timeout_s = defaults.max_timeout_s.value_or(d.max_timeout_s);
     checkBindings();
   }
 
@@ -329,6 +337,10 @@ class Loader {
         if (auto v = readInt(e, label, 1, kInt64Max)) server.max_prompt_bytes = *v;
       } else if (e.key == "shutdown_grace_s") {
         if (auto v = readInt(e, label, 0, kIntMax)) server.shutdown_grace_s = static_cast<int>(*v);
+      } else if (e.key == "max_attempts") {
+        if (auto v = readInt(e, label, 1, 100)) server.max_attempts = static_cast<int>(*v);
+      } else if (e.key == "lease_s") {
+        if (auto v = readInt(e, label, 3, 3600)) server.lease_s = static_cast<int>(*v);
       } else {
         unknownKey(e, "in server", kServerKeys);
       }

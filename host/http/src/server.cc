@@ -44,7 +44,7 @@ Response problem(int status, const std::string& type, const std::string& title,
   return Response{status, "application/problem+json", body.dump(), {}};
 }
 
-Response json(int status, const std::string& body) {
+Response jsonResponse(int status, const std::string& body) {
   return Response{status, "application/json", body, {}};
 }
 
@@ -106,7 +106,11 @@ class RoutedHandler : public Poco::Net::HTTPRequestHandler {
     out.setContentType(response.content_type);
     for (const auto& [k, v] : response.headers) out.set(k, v);
     out.setContentLength(static_cast<std::streamsize>(response.body.size()));
-    out.send() << response.body;
+    if (response.status == 413) out.setKeepAlive(false);
+    std::ostream& body = out.send();  // send() may be called only once
+    body << response.body;
+    body.flush();
+    if (response.status == 413) drainRefusedBody(in);
   }
 
  private:
@@ -135,6 +139,24 @@ class RoutedHandler : public Poco::Net::HTTPRequestHandler {
     }
     req.body = std::move(data);
     return router_->dispatch(req);
+  }
+
+  // Rationale: closing a socket with unread input makes the kernel send a
+  // reset, which can destroy the 413 before the client reads it. Discard a
+  // bounded amount (never stored) so the answer arrives; past the bound the
+  // connection is closed anyway.
+  static void drainRefusedBody(Poco::Net::HTTPServerRequest& in) {
+    constexpr int64_t kMaxDrainBytes = 16 << 20;
+    try {
+      std::istream& body = in.stream();
+      char buf[16384];
+      int64_t drained = 0;
+      while (drained < kMaxDrainBytes && (body.read(buf, sizeof buf) || body.gcount() > 0)) {
+        drained += body.gcount();
+      }
+    } catch (const std::exception&) {
+      // The client went away: nothing left to protect.
+    }
   }
 
   std::shared_ptr<const Router> router_;

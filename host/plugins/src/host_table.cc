@@ -34,7 +34,8 @@ kiln_status toStatus(ErrorCode code) {
     case ErrorCode::kTimeout: return KILN_ERR_TIMEOUT;
     case ErrorCode::kUnsupported: return KILN_ERR_UNSUPPORTED;
     case ErrorCode::kFailed:
-    case ErrorCode::kConflict: return KILN_ERR_FAILED;
+    case ErrorCode::kConflict:
+    case ErrorCode::kResourceExhausted: return KILN_ERR_FAILED;
     case ErrorCode::kPluginBug:
     case ErrorCode::kInternal: return KILN_ERR_INTERNAL;
   }

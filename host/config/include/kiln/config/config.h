@@ -43,6 +43,8 @@ struct ServerConfig {
   int64_t max_body_bytes = 1 << 20;
   int64_t max_prompt_bytes = 64 * 1024;
   int shutdown_grace_s = 30;
+  int max_attempts = 3;  // attempts of a build before a lost worker fails it
+  int lease_s = 30;      // a worker's lease on a build; renewed every lease_s / 3
 };
 
 struct StoreConfig {
@@ -101,6 +103,9 @@ struct Config {
   std::map<std::string, std::string> secrets;  // name -> value
   std::map<std::string, InstanceConfig> instances;
   std::map<std::string, ProjectConfig> projects;
+  // `defaults:` as a project without id and repo_url: what projects created
+  // through the API use.
+  ProjectConfig defaults;
 };
 
 // Reads environment variables; injectable so tests need not touch the

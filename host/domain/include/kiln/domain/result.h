@@ -6,6 +6,7 @@
 #include <string>
 #include <utility>
 #include <variant>
+#include <vector>
 
 namespace kiln {
 
@@ -15,6 +16,7 @@ enum class ErrorCode {
   kFailed,  // the work itself failed (agent error, rejected push)
   kNotFound,
   kConflict,
+  kResourceExhausted,  // a limit was reached (HTTP 429)
   kUnavailable,
   kCancelled,
   kTimeout,
@@ -29,6 +31,8 @@ struct Error {
   ErrorCode code = ErrorCode::kInternal;
   std::string message;
   bool retryable = false;
+  // For invalid input: each offending field and what to fix.
+  std::vector<std::pair<std::string, std::string>> fields;
 };
 
 template <class T>
@@ -85,7 +89,7 @@ class [[nodiscard]] Result<void> {
 };
 
 inline Error makeError(ErrorCode code, std::string message, bool retryable = false) {
-  return Error{code, std::move(message), retryable};
+  return Error{code, std::move(message), retryable, {}};
 }
 
 }  // namespace kiln

@@ -34,7 +34,7 @@ struct Response {
 // "https://kiln.dev/problems/<slug>".
 Response problem(int status, const std::string& type, const std::string& title,
                  const std::string& detail);
-Response json(int status, const std::string& body);
+Response jsonResponse(int status, const std::string& body);
 
 using Handler = std::function<Response(const Request&)>;
 

@@ -1,0 +1,46 @@
+// BuildService: the seed's steps 1-4 — validate, persist, enqueue, answer —
+// plus cancel and retry. Depends only on the Store port.
+#pragma once
+
+#include <string>
+
+#include "kiln/domain/build.h"
+#include "kiln/domain/result.h"
+#include "kiln/ports/store.h"
+
+namespace kiln::services {
+
+struct BuildServiceOptions {
+  int64_t max_prompt_bytes = 64 * 1024;
+  int max_attempts = 3;
+};
+
+class BuildService {
+ public:
+  BuildService(ports::Store& store, BuildServiceOptions options);
+
+  // Validates `spec` against the project's limits and enqueues a build.
+  // kInvalidArgument (with fields), kNotFound (project), kResourceExhausted.
+  Result<domain::Build> submit(const std::string& project_id, const domain::BuildSpec& spec);
+  // Registers the project and enqueues its first build atomically.
+  Result<domain::Build> createAndBuild(const domain::Project& project,
+                                       const domain::BuildSpec& spec);
+  // Validates and creates a project (source "api").
+  Result<domain::Project> createProject(domain::Project project);
+  Result<domain::Build> cancel(const std::string& task_id);
+  // A failed or cancelled build again, as a new build with retry_of set.
+  Result<domain::Build> retry(const std::string& task_id);
+
+  ports::Store& store() { return store_; }
+
+ private:
+  Result<domain::Build> prepare(const domain::Project& project, const domain::BuildSpec& spec);
+
+  ports::Store& store_;
+  BuildServiceOptions options_;
+};
+
+// Checks a project's fields (id, repo_url, default_branch, limits).
+Result<void> validateProject(const domain::Project& project);
+
+}  // namespace kiln::services

@@ -1,0 +1,354 @@
+// The build API end to end: a real `kiln serve` process on each store, real
+// HTTP, the bundled plugins doing the (no-op) work.
+#include <atomic>
+#include <set>
+#include <thread>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "kiln_server.h"
+
+namespace {
+
+using kiln::testing::KilnServer;
+using kiln::testing::TestDatabase;
+using nlohmann::json;
+using ::testing::HasSubstr;
+
+const std::string kKiln = KILN_BINARY;
+
+std::string configFor(const std::string& store_section) {
+  return R"(server:
+  listen: 127.0.0.1:0
+  workers: 2
+  lease_s: 3
+  shutdown_grace_s: 2
+  max_body_bytes: 65536
+)" + store_section + R"(
+instances:
+  agent:
+    plugin: code-agent/noop
+  slow:
+    plugin: code-agent/noop
+    config:
+      delay_ms: 60000
+  failing:
+    plugin: code-agent/noop
+    config:
+      succeed: false
+  templates:
+    plugin: template-provider/filesystem
+    config:
+      directories: ["${KILN_TEMPLATE_DIR}"]
+defaults:
+  agent: agent
+  template_provider: templates
+projects:
+  demo:
+    repo_url: /srv/demo.git
+    max_running_builds: 2
+  slow:
+    repo_url: /srv/slow.git
+    agent: slow
+    max_pending_builds: 2
+    max_timeout_s: 600
+  failing:
+    repo_url: /srv/failing.git
+    agent: failing
+)";
+}
+
+class ApiTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    if (GetParam() == "postgres") {
+      db_ = std::make_unique<TestDatabase>();
+      server_ = std::make_unique<KilnServer>(kKiln, configFor("store:\n  postgres:\n    url: " + db_->url() + "\n"));
+    } else {
+      server_ = std::make_unique<KilnServer>(kKiln, configFor("store:\n  sqlite:\n    path: kiln.db\n"));
+    }
+  }
+  void TearDown() override {
+    server_.reset();
+    db_.reset();
+  }
+
+  std::string submit(const std::string& project, const json& spec) {
+    const auto r = server_->post("/projects/" + project + "/builds", spec);
+    EXPECT_EQ(r.status, 202) << r.body;
+    return r.status == 202 ? json::parse(r.body)["task_id"].get<std::string>() : "";
+  }
+
+  static json problemOf(const kiln::testing::HttpResult& r) {
+    EXPECT_EQ(r.content_type, "application/problem+json") << r.body;
+    const json p = json::parse(r.body);
+    EXPECT_EQ(p["status"], r.status);
+    EXPECT_TRUE(p["type"].get<std::string>().rfind("https://kiln.dev/problems/", 0) == 0);
+    EXPECT_FALSE(p["title"].get<std::string>().empty());
+    EXPECT_FALSE(p["detail"].get<std::string>().empty());
+    return p;
+  }
+
+  std::unique_ptr<TestDatabase> db_;
+  std::unique_ptr<KilnServer> server_;
+};
+
+TEST_P(ApiTest, SubmitAnswers202AndTheBuildCompletesWithItsAuditTrail) {
+  const auto r = server_->post("/projects/demo/builds", {{"prompt", "add a README"}});
+  ASSERT_EQ(r.status, 202) << r.body;
+  const json accepted = json::parse(r.body);
+  EXPECT_EQ(accepted["status"], "pending");
+  EXPECT_EQ(accepted["project_id"], "demo");
+  const std::string id = accepted["task_id"];
+  EXPECT_EQ(accepted["links"]["self"], "/builds/" + id);
+  EXPECT_EQ(r.headers.at("Location"), "/builds/" + id);
+
+  const json build = server_->waitForTerminal(id);
+  ASSERT_EQ(build["status"], "completed") << build.dump(2);
+  EXPECT_EQ(build["result"]["success"], true);
+  EXPECT_THAT(build["result"]["output"].get<std::string>(), HasSubstr("noop agent: received a prompt of 12 bytes"));
+  EXPECT_EQ(build["attempts"], 1);
+  EXPECT_EQ(build["branch"], "main");
+  EXPECT_EQ(build["spec"]["prompt"], "add a README");
+  EXPECT_FALSE(build["started_at"].is_null());
+  EXPECT_FALSE(build["finished_at"].is_null());
+  EXPECT_FALSE(build["worker_id"].is_null());
+  EXPECT_EQ(build["composition"][0]["stage"], "agent");
+  EXPECT_EQ(build["composition"][0]["plugin"], "code-agent/noop");
+  std::vector<std::string> trail;
+  for (const auto& e : build["events"]) trail.push_back(e["to"]);
+  EXPECT_THAT(trail, ::testing::ElementsAre("pending", "running", "completed"));
+}
+
+TEST_P(ApiTest, SeedAliasAndTemplatesWork) {
+  const auto r = server_->post("/project/demo/build",
+                               {{"prompt", "p"}, {"template", "feature"}, {"variables", {{"feature", "dark mode"}}}});
+  ASSERT_EQ(r.status, 202) << r.body;
+  const json build = server_->waitForTerminal(json::parse(r.body)["task_id"]);
+  EXPECT_EQ(build["status"], "completed") << build.dump(2);
+  EXPECT_EQ(build["spec"]["template"], "feature");
+}
+
+TEST_P(ApiTest, AFailingAgentFailsTheBuildAsWorkload) {
+  const json build = server_->waitForTerminal(submit("failing", {{"prompt", "p"}}));
+  EXPECT_EQ(build["status"], "failed");
+  EXPECT_EQ(build["error_kind"], "workload");
+  EXPECT_EQ(build["result"]["success"], false);
+}
+
+TEST_P(ApiTest, ListingIsNewestFirstWithFiltersAndCursors) {
+  std::vector<std::string> ids;
+  for (int i = 0; i < 5; ++i) ids.push_back(submit("demo", {{"prompt", "p" + std::to_string(i)}}));
+  for (const auto& id : ids) server_->waitForTerminal(id);
+
+  auto page1 = json::parse(server_->get("/projects/demo/builds?limit=2").body);
+  ASSERT_EQ(page1["builds"].size(), 2u);
+  EXPECT_EQ(page1["builds"][0]["task_id"], ids[4]);
+  EXPECT_EQ(page1["builds"][1]["task_id"], ids[3]);
+  ASSERT_TRUE(page1["next_cursor"].is_string());
+  auto page2 = json::parse(server_->get(page1["links"]["next"].get<std::string>()).body);
+  EXPECT_EQ(page2["builds"][0]["task_id"], ids[2]);
+  auto page3 = json::parse(server_->get(page2["links"]["next"].get<std::string>()).body);
+  ASSERT_EQ(page3["builds"].size(), 1u);
+  EXPECT_EQ(page3["builds"][0]["task_id"], ids[0]);
+  EXPECT_TRUE(page3["next_cursor"].is_null());
+
+  EXPECT_EQ(json::parse(server_->get("/projects/demo/builds?status=completed").body)["builds"].size(), 5u);
+  EXPECT_EQ(json::parse(server_->get("/projects/demo/builds?status=failed").body)["builds"].size(), 0u);
+
+  auto bad_status = server_->get("/projects/demo/builds?status=done");
+  EXPECT_EQ(bad_status.status, 400);
+  EXPECT_EQ(problemOf(bad_status)["field"], "status");
+  EXPECT_EQ(server_->get("/projects/demo/builds?limit=0").status, 400);
+  EXPECT_EQ(server_->get("/projects/demo/builds?limit=abc").status, 400);
+  EXPECT_EQ(server_->get("/projects/demo/builds?cursor=xyz").status, 400);
+  EXPECT_EQ(problemOf(server_->get("/projects/nope/builds"))["status"], 404);
+}
+
+TEST_P(ApiTest, BadRequestsGetProblemsThatSayWhatToFix) {
+  auto missing = server_->post("/projects/demo/builds", json{{"template", "feature"}});
+  EXPECT_EQ(missing.status, 400);
+  auto p = problemOf(missing);
+  EXPECT_EQ(p["field"], "prompt");
+  EXPECT_THAT(p["detail"].get<std::string>(), HasSubstr("prompt is required"));
+
+  auto unknown = server_->post("/projects/demo/builds", json{{"prompt", "p"}, {"auto_comit", true}});
+  EXPECT_EQ(unknown.status, 400);
+  EXPECT_EQ(problemOf(unknown)["field"], "auto_comit");
+
+  auto vars = server_->post("/projects/demo/builds", json{{"prompt", "p"}, {"variables", {{"n", 1}}}});
+  EXPECT_EQ(vars.status, 400);
+  EXPECT_EQ(problemOf(vars)["field"], "variables.n");
+
+  auto callback = server_->post("/projects/demo/builds", json{{"prompt", "p"}, {"callback_url", "/relative"}});
+  EXPECT_EQ(callback.status, 400);
+  EXPECT_EQ(problemOf(callback)["field"], "callback_url");
+
+  auto timeout = server_->post("/projects/slow/builds", json{{"prompt", "p"}, {"timeout_s", 601}});
+  EXPECT_EQ(timeout.status, 400);
+  EXPECT_THAT(problemOf(timeout)["detail"].get<std::string>(), HasSubstr("between 1 and 600"));
+
+  auto malformed = server_->postRaw("/projects/demo/builds", "{\"prompt\": ", "application/json");
+  EXPECT_EQ(malformed.status, 400);
+  EXPECT_THAT(problemOf(malformed)["type"].get<std::string>(), HasSubstr("malformed-json"));
+
+  auto media = server_->postRaw("/projects/demo/builds", "prompt=x", "application/x-www-form-urlencoded");
+  EXPECT_EQ(media.status, 415);
+  problemOf(media);
+
+  auto big = server_->post("/projects/demo/builds", json{{"prompt", std::string(70000, 'x')}});
+  EXPECT_EQ(big.status, 413);
+  problemOf(big);
+
+  EXPECT_EQ(problemOf(server_->post("/projects/nope/builds", json{{"prompt", "p"}}))["status"], 404);
+  EXPECT_EQ(problemOf(server_->get("/builds/0190aaaa-0000-7000-8000-000000000000"))["status"], 404);
+  auto method = kiln::testing::httpRequest("DELETE", "127.0.0.1", server_->port(), "/builds/x");
+  EXPECT_EQ(method.status, 405);
+  EXPECT_EQ(method.headers["Allow"], "GET");
+}
+
+TEST_P(ApiTest, CancelAndRetry) {
+  const std::string running = submit("slow", {{"prompt", "long"}});
+  server_->waitForStatus(running, "running");
+  const std::string queued = submit("slow", {{"prompt", "queued behind"}});
+
+  auto cancel_pending = server_->post("/builds/" + queued + "/cancel", json::object());
+  ASSERT_EQ(cancel_pending.status, 200) << cancel_pending.body;
+  EXPECT_EQ(json::parse(cancel_pending.body)["status"], "cancelled");
+
+  const auto t0 = std::chrono::steady_clock::now();
+  auto cancel_running = server_->post("/builds/" + running + "/cancel", json::object());
+  ASSERT_EQ(cancel_running.status, 202) << cancel_running.body;
+  EXPECT_EQ(json::parse(cancel_running.body)["cancel_requested"], true);
+  const json done = server_->waitForTerminal(running, 10000);
+  EXPECT_EQ(done["status"], "cancelled");
+  EXPECT_EQ(done["error_kind"], "cancelled");
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(5));
+
+  auto again = server_->post("/builds/" + running + "/cancel", json::object());
+  EXPECT_EQ(again.status, 409);
+  EXPECT_THAT(problemOf(again)["detail"].get<std::string>(), HasSubstr("cancelled"));
+
+  auto retry = server_->post("/builds/" + queued + "/retry", json::object());
+  ASSERT_EQ(retry.status, 202) << retry.body;
+  const std::string retried = json::parse(retry.body)["task_id"];
+  const json r = json::parse(server_->get("/builds/" + retried).body);
+  EXPECT_EQ(r["retry_of"], queued);
+  EXPECT_EQ(r["spec"]["prompt"], "queued behind");
+
+  const std::string completed = submit("demo", {{"prompt", "p"}});
+  server_->waitForTerminal(completed);
+  auto retry_completed = server_->post("/builds/" + completed + "/retry", json::object());
+  EXPECT_EQ(retry_completed.status, 409);
+  problemOf(retry_completed);
+  // Leave nothing slow running behind.
+  server_->post("/builds/" + retried + "/cancel", json::object());
+}
+
+TEST_P(ApiTest, APendingCapAnswers429WithRetryAfterAndDropsNothing) {
+  const std::string running = submit("slow", {{"prompt", "0"}});
+  server_->waitForStatus(running, "running");
+  const std::string a = submit("slow", {{"prompt", "1"}});
+  const std::string b = submit("slow", {{"prompt", "2"}});
+  auto refused = server_->post("/projects/slow/builds", json{{"prompt", "3"}});
+  ASSERT_EQ(refused.status, 429) << refused.body;
+  EXPECT_EQ(refused.headers.at("Retry-After"), "5");
+  EXPECT_THAT(problemOf(refused)["detail"].get<std::string>(), HasSubstr("max_pending_builds"));
+  const json list = json::parse(server_->get("/projects/slow/builds").body);
+  EXPECT_EQ(list["builds"].size(), 3u);
+  for (const auto& id : {running, a, b}) server_->post("/builds/" + id + "/cancel", json::object());
+}
+
+TEST_P(ApiTest, ProjectsFromConfigAndApi) {
+  const json projects = json::parse(server_->get("/projects").body)["projects"];
+  ASSERT_GE(projects.size(), 3u);
+  EXPECT_EQ(projects[0]["id"], "demo");
+  EXPECT_EQ(projects[0]["source"], "config");
+
+  auto created = server_->post("/projects", {{"id", "web"}, {"repo_url", "/srv/web.git"}, {"default_branch", "trunk"}});
+  ASSERT_EQ(created.status, 201) << created.body;
+  EXPECT_EQ(created.headers.at("Location"), "/projects/web");
+  EXPECT_EQ(json::parse(server_->get("/projects/web").body)["default_branch"], "trunk");
+  EXPECT_EQ(json::parse(server_->get("/projects/web").body)["source"], "api");
+  EXPECT_EQ(server_->post("/projects", {{"id", "web"}, {"repo_url", "/x"}}).status, 409);
+  auto bad = server_->post("/projects", {{"id", "Web Site"}, {"repo_url", "/x"}});
+  EXPECT_EQ(bad.status, 400);
+  EXPECT_EQ(problemOf(bad)["field"], "id");
+  EXPECT_EQ(problemOf(server_->get("/projects/nope"))["status"], 404);
+
+  // An API project runs on the configuration's defaults.
+  const json build = server_->waitForTerminal(submit("web", {{"prompt", "p"}}));
+  EXPECT_EQ(build["status"], "completed");
+  EXPECT_EQ(build["branch"], "trunk");
+}
+
+TEST_P(ApiTest, CreateAndBuildIsOneStep) {
+  auto r = server_->post("/project/create-and-build",
+                         {{"project", {{"id", "fresh"}, {"repo_url", "/srv/fresh.git"}}}, {"build", {{"prompt", "start"}}}});
+  ASSERT_EQ(r.status, 202) << r.body;
+  const std::string id = json::parse(r.body)["task_id"];
+  EXPECT_EQ(server_->waitForTerminal(id)["status"], "completed");
+  EXPECT_EQ(server_->get("/projects/fresh").status, 200);
+
+  auto dup = server_->post("/project/create-and-build",
+                           {{"project", {{"id", "fresh"}, {"repo_url", "/x"}}}, {"build", {{"prompt", "again"}}}});
+  EXPECT_EQ(dup.status, 409);
+  EXPECT_EQ(json::parse(server_->get("/projects/fresh/builds").body)["builds"].size(), 1u) << "no second build";
+
+  auto bad_build = server_->post("/project/create-and-build",
+                                 {{"project", {{"id", "other"}, {"repo_url", "/x"}}}, {"build", {{"promt", "x"}}}});
+  EXPECT_EQ(bad_build.status, 400);
+  EXPECT_EQ(server_->get("/projects/other").status, 404) << "nothing written";
+}
+
+TEST_P(ApiTest, IdempotencyKeyReplaysRejectsMismatchesAndNeverDuplicates) {
+  const json spec = {{"prompt", "once"}};
+  auto first = server_->post("/projects/demo/builds", spec, {{"Idempotency-Key", "\"key-1\""}});
+  ASSERT_EQ(first.status, 202);
+  auto replay = server_->post("/projects/demo/builds", spec, {{"Idempotency-Key", "key-1"}});
+  ASSERT_EQ(replay.status, 202);
+  EXPECT_EQ(replay.body, first.body);
+  EXPECT_EQ(replay.headers["Idempotent-Replayed"], "true");
+  auto mismatch = server_->post("/projects/demo/builds", json{{"prompt", "other"}}, {{"Idempotency-Key", "key-1"}});
+  EXPECT_EQ(mismatch.status, 422);
+  problemOf(mismatch);
+  EXPECT_EQ(json::parse(server_->get("/projects/demo/builds").body)["builds"].size(), 1u);
+
+  // 50 concurrent requests with one key: one build, every answer that build or 409.
+  std::vector<std::thread> clients;
+  std::atomic<int> accepted{0}, in_progress{0}, other{0};
+  std::mutex mu;
+  std::set<std::string> task_ids;
+  for (int i = 0; i < 50; ++i) {
+    clients.emplace_back([&] {
+      auto r = server_->post("/projects/demo/builds", json{{"prompt", "burst"}}, {{"Idempotency-Key", "burst-key"}});
+      if (r.status == 202) {
+        ++accepted;
+        std::lock_guard<std::mutex> lock(mu);
+        task_ids.insert(json::parse(r.body)["task_id"].get<std::string>());
+      } else if (r.status == 409) {
+        ++in_progress;
+      } else {
+        ++other;
+      }
+    });
+  }
+  for (auto& c : clients) c.join();
+  EXPECT_EQ(other.load(), 0);
+  EXPECT_GE(accepted.load(), 1);
+  EXPECT_EQ(accepted.load() + in_progress.load(), 50);
+  EXPECT_EQ(task_ids.size(), 1u);
+  int bursts = 0;
+  const json listing = json::parse(server_->get("/projects/demo/builds?limit=100").body);
+  for (const auto& b : listing["builds"]) {
+    if (b["spec"]["prompt"] == "burst") ++bursts;
+  }
+  EXPECT_EQ(bursts, 1);
+}
+
+INSTANTIATE_TEST_SUITE_P(Stores, ApiTest, ::testing::Values("sqlite", "postgres"),
+                         [](const auto& info) { return info.param; });
+
+}  // namespace
