@@ -33,12 +33,18 @@ Args parse(int argc, char** argv) {
   for (int i = 1; i < argc; ++i) {
     const std::string k = argv[i];
     auto next = [&]() -> std::string { return i + 1 < argc ? argv[++i] : ""; };
-    if (k == "--port") a.port = std::stoi(next());
-    else if (k == "--project") a.project = next();
-    else if (k == "--clients") a.clients = std::stoi(next());
-    else if (k == "--seconds") a.seconds = std::stod(next());
-    else if (k == "--label") a.label = next();
-    else if (k == "--header") a.header = true;
+    if (k == "--port")
+      a.port = std::stoi(next());
+    else if (k == "--project")
+      a.project = next();
+    else if (k == "--clients")
+      a.clients = std::stoi(next());
+    else if (k == "--seconds")
+      a.seconds = std::stod(next());
+    else if (k == "--label")
+      a.label = next();
+    else if (k == "--header")
+      a.header = true;
   }
   return a;
 }
@@ -92,12 +98,14 @@ int main(int argc, char** argv) {
           session.reset();
         }
         latencies[static_cast<size_t>(c)].push_back(
-            std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - s).count());
+            std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - s)
+                .count());
       }
     });
   }
   for (auto& t : threads) t.join();
-  const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double elapsed =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::vector<double> all;
   for (auto& l : latencies) all.insert(all.end(), l.begin(), l.end());
   const double total = static_cast<double>(all.size());

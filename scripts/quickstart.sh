@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Kiln's quick start: installs what is missing, builds, starts `kiln serve`
 # on the embedded default (SQLite, bundled plugins; examples/quickstart.yaml)
-# in the background and shows it answering. The server keeps running;
-# the last lines say how to use and stop it.
+# in the background, shows it answering, submits a build from a template and
+# follows it until it completes. The server keeps running; the last lines
+# say how to submit more and how to stop it.
 #   KILN_PORT=9090 scripts/quickstart.sh   to use another port
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,6 +47,28 @@ curl -fsS "http://127.0.0.1:$port/version"
 echo
 echo
 "$kiln" plugins list
+
+# Submit a build from a template and follow it until it ends.
+base="http://127.0.0.1:$port"
+spec='{"prompt": "Add a CONTRIBUTING.md", "template": "feature", "variables": {"feature": "a CONTRIBUTING.md that explains how to run the tests"}}'
 echo
-echo "Kiln is running at http://127.0.0.1:$port (pid $(cat var/kiln.pid), log: var/kiln.log)."
+echo "\$ curl -X POST $base/projects/demo/builds -H 'Content-Type: application/json' -d '$spec'"
+answer=$(curl -fsS -X POST "$base/projects/demo/builds" -H 'Content-Type: application/json' -d "$spec")
+echo "$answer"
+task=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["task_id"])' <<<"$answer")
+status=pending
+for _ in $(seq 300); do
+  build=$(curl -fsS "$base/builds/$task")
+  new=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["status"])' <<<"$build")
+  [[ "$new" != "$status" ]] && echo "build $task: $new" && status=$new
+  case "$status" in completed|failed|cancelled) break ;; esac
+  sleep 0.1
+done
+echo
+echo "\$ curl $base/builds/$task"
+python3 -m json.tool <<<"$build"
+echo
+echo "Kiln is running at $base (pid $(cat var/kiln.pid), log: var/kiln.log)."
+echo "Submit another build:"
+echo "  curl -X POST $base/projects/demo/builds -H 'Content-Type: application/json' -d '{\"prompt\": \"Fix the typo in README\"}'"
 echo "Stop it with: kill \$(cat var/kiln.pid)"

@@ -26,7 +26,8 @@ std::string configFor(const std::string& store_section) {
   lease_s: 3
   shutdown_grace_s: 2
   max_body_bytes: 65536
-)" + store_section + R"(
+)" + store_section +
+         R"(
 instances:
   agent:
     plugin: code-agent/noop
@@ -65,9 +66,11 @@ class ApiTest : public ::testing::TestWithParam<std::string> {
   void SetUp() override {
     if (GetParam() == "postgres") {
       db_ = std::make_unique<TestDatabase>();
-      server_ = std::make_unique<KilnServer>(kKiln, configFor("store:\n  postgres:\n    url: " + db_->url() + "\n"));
+      server_ = std::make_unique<KilnServer>(
+          kKiln, configFor("store:\n  postgres:\n    url: " + db_->url() + "\n"));
     } else {
-      server_ = std::make_unique<KilnServer>(kKiln, configFor("store:\n  sqlite:\n    path: kiln.db\n"));
+      server_ =
+          std::make_unique<KilnServer>(kKiln, configFor("store:\n  sqlite:\n    path: kiln.db\n"));
     }
   }
   void TearDown() override {
@@ -108,7 +111,8 @@ TEST_P(ApiTest, SubmitAnswers202AndTheBuildCompletesWithItsAuditTrail) {
   const json build = server_->waitForTerminal(id);
   ASSERT_EQ(build["status"], "completed") << build.dump(2);
   EXPECT_EQ(build["result"]["success"], true);
-  EXPECT_THAT(build["result"]["output"].get<std::string>(), HasSubstr("noop agent: received a prompt of 12 bytes"));
+  EXPECT_THAT(build["result"]["output"].get<std::string>(),
+              HasSubstr("noop agent: received a prompt of 12 bytes"));
   EXPECT_EQ(build["attempts"], 1);
   EXPECT_EQ(build["branch"], "main");
   EXPECT_EQ(build["spec"]["prompt"], "add a README");
@@ -123,8 +127,9 @@ TEST_P(ApiTest, SubmitAnswers202AndTheBuildCompletesWithItsAuditTrail) {
 }
 
 TEST_P(ApiTest, SeedAliasAndTemplatesWork) {
-  const auto r = server_->post("/project/demo/build",
-                               {{"prompt", "p"}, {"template", "feature"}, {"variables", {{"feature", "dark mode"}}}});
+  const auto r = server_->post(
+      "/project/demo/build",
+      {{"prompt", "p"}, {"template", "feature"}, {"variables", {{"feature", "dark mode"}}}});
   ASSERT_EQ(r.status, 202) << r.body;
   const json build = server_->waitForTerminal(json::parse(r.body)["task_id"]);
   EXPECT_EQ(build["status"], "completed") << build.dump(2);
@@ -155,8 +160,11 @@ TEST_P(ApiTest, ListingIsNewestFirstWithFiltersAndCursors) {
   EXPECT_EQ(page3["builds"][0]["task_id"], ids[0]);
   EXPECT_TRUE(page3["next_cursor"].is_null());
 
-  EXPECT_EQ(json::parse(server_->get("/projects/demo/builds?status=completed").body)["builds"].size(), 5u);
-  EXPECT_EQ(json::parse(server_->get("/projects/demo/builds?status=failed").body)["builds"].size(), 0u);
+  EXPECT_EQ(
+      json::parse(server_->get("/projects/demo/builds?status=completed").body)["builds"].size(),
+      5u);
+  EXPECT_EQ(json::parse(server_->get("/projects/demo/builds?status=failed").body)["builds"].size(),
+            0u);
 
   auto bad_status = server_->get("/projects/demo/builds?status=done");
   EXPECT_EQ(bad_status.status, 400);
@@ -174,15 +182,18 @@ TEST_P(ApiTest, BadRequestsGetProblemsThatSayWhatToFix) {
   EXPECT_EQ(p["field"], "prompt");
   EXPECT_THAT(p["detail"].get<std::string>(), HasSubstr("prompt is required"));
 
-  auto unknown = server_->post("/projects/demo/builds", json{{"prompt", "p"}, {"auto_comit", true}});
+  auto unknown =
+      server_->post("/projects/demo/builds", json{{"prompt", "p"}, {"auto_comit", true}});
   EXPECT_EQ(unknown.status, 400);
   EXPECT_EQ(problemOf(unknown)["field"], "auto_comit");
 
-  auto vars = server_->post("/projects/demo/builds", json{{"prompt", "p"}, {"variables", {{"n", 1}}}});
+  auto vars =
+      server_->post("/projects/demo/builds", json{{"prompt", "p"}, {"variables", {{"n", 1}}}});
   EXPECT_EQ(vars.status, 400);
   EXPECT_EQ(problemOf(vars)["field"], "variables.n");
 
-  auto callback = server_->post("/projects/demo/builds", json{{"prompt", "p"}, {"callback_url", "/relative"}});
+  auto callback =
+      server_->post("/projects/demo/builds", json{{"prompt", "p"}, {"callback_url", "/relative"}});
   EXPECT_EQ(callback.status, 400);
   EXPECT_EQ(problemOf(callback)["field"], "callback_url");
 
@@ -194,7 +205,8 @@ TEST_P(ApiTest, BadRequestsGetProblemsThatSayWhatToFix) {
   EXPECT_EQ(malformed.status, 400);
   EXPECT_THAT(problemOf(malformed)["type"].get<std::string>(), HasSubstr("malformed-json"));
 
-  auto media = server_->postRaw("/projects/demo/builds", "prompt=x", "application/x-www-form-urlencoded");
+  auto media =
+      server_->postRaw("/projects/demo/builds", "prompt=x", "application/x-www-form-urlencoded");
   EXPECT_EQ(media.status, 415);
   problemOf(media);
 
@@ -202,7 +214,8 @@ TEST_P(ApiTest, BadRequestsGetProblemsThatSayWhatToFix) {
   EXPECT_EQ(big.status, 413);
   problemOf(big);
 
-  EXPECT_EQ(problemOf(server_->post("/projects/nope/builds", json{{"prompt", "p"}}))["status"], 404);
+  EXPECT_EQ(problemOf(server_->post("/projects/nope/builds", json{{"prompt", "p"}}))["status"],
+            404);
   EXPECT_EQ(problemOf(server_->get("/builds/0190aaaa-0000-7000-8000-000000000000"))["status"], 404);
   auto method = kiln::testing::httpRequest("DELETE", "127.0.0.1", server_->port(), "/builds/x");
   EXPECT_EQ(method.status, 405);
@@ -267,7 +280,8 @@ TEST_P(ApiTest, ProjectsFromConfigAndApi) {
   EXPECT_EQ(projects[0]["id"], "demo");
   EXPECT_EQ(projects[0]["source"], "config");
 
-  auto created = server_->post("/projects", {{"id", "web"}, {"repo_url", "/srv/web.git"}, {"default_branch", "trunk"}});
+  auto created = server_->post(
+      "/projects", {{"id", "web"}, {"repo_url", "/srv/web.git"}, {"default_branch", "trunk"}});
   ASSERT_EQ(created.status, 201) << created.body;
   EXPECT_EQ(created.headers.at("Location"), "/projects/web");
   EXPECT_EQ(json::parse(server_->get("/projects/web").body)["default_branch"], "trunk");
@@ -286,19 +300,23 @@ TEST_P(ApiTest, ProjectsFromConfigAndApi) {
 
 TEST_P(ApiTest, CreateAndBuildIsOneStep) {
   auto r = server_->post("/project/create-and-build",
-                         {{"project", {{"id", "fresh"}, {"repo_url", "/srv/fresh.git"}}}, {"build", {{"prompt", "start"}}}});
+                         {{"project", {{"id", "fresh"}, {"repo_url", "/srv/fresh.git"}}},
+                          {"build", {{"prompt", "start"}}}});
   ASSERT_EQ(r.status, 202) << r.body;
   const std::string id = json::parse(r.body)["task_id"];
   EXPECT_EQ(server_->waitForTerminal(id)["status"], "completed");
   EXPECT_EQ(server_->get("/projects/fresh").status, 200);
 
-  auto dup = server_->post("/project/create-and-build",
-                           {{"project", {{"id", "fresh"}, {"repo_url", "/x"}}}, {"build", {{"prompt", "again"}}}});
+  auto dup = server_->post(
+      "/project/create-and-build",
+      {{"project", {{"id", "fresh"}, {"repo_url", "/x"}}}, {"build", {{"prompt", "again"}}}});
   EXPECT_EQ(dup.status, 409);
-  EXPECT_EQ(json::parse(server_->get("/projects/fresh/builds").body)["builds"].size(), 1u) << "no second build";
+  EXPECT_EQ(json::parse(server_->get("/projects/fresh/builds").body)["builds"].size(), 1u)
+      << "no second build";
 
-  auto bad_build = server_->post("/project/create-and-build",
-                                 {{"project", {{"id", "other"}, {"repo_url", "/x"}}}, {"build", {{"promt", "x"}}}});
+  auto bad_build = server_->post(
+      "/project/create-and-build",
+      {{"project", {{"id", "other"}, {"repo_url", "/x"}}}, {"build", {{"promt", "x"}}}});
   EXPECT_EQ(bad_build.status, 400);
   EXPECT_EQ(server_->get("/projects/other").status, 404) << "nothing written";
 }
@@ -311,7 +329,8 @@ TEST_P(ApiTest, IdempotencyKeyReplaysRejectsMismatchesAndNeverDuplicates) {
   ASSERT_EQ(replay.status, 202);
   EXPECT_EQ(replay.body, first.body);
   EXPECT_EQ(replay.headers["Idempotent-Replayed"], "true");
-  auto mismatch = server_->post("/projects/demo/builds", json{{"prompt", "other"}}, {{"Idempotency-Key", "key-1"}});
+  auto mismatch = server_->post("/projects/demo/builds", json{{"prompt", "other"}},
+                                {{"Idempotency-Key", "key-1"}});
   EXPECT_EQ(mismatch.status, 422);
   problemOf(mismatch);
   EXPECT_EQ(json::parse(server_->get("/projects/demo/builds").body)["builds"].size(), 1u);
@@ -323,7 +342,8 @@ TEST_P(ApiTest, IdempotencyKeyReplaysRejectsMismatchesAndNeverDuplicates) {
   std::set<std::string> task_ids;
   for (int i = 0; i < 50; ++i) {
     clients.emplace_back([&] {
-      auto r = server_->post("/projects/demo/builds", json{{"prompt", "burst"}}, {{"Idempotency-Key", "burst-key"}});
+      auto r = server_->post("/projects/demo/builds", json{{"prompt", "burst"}},
+                             {{"Idempotency-Key", "burst-key"}});
       if (r.status == 202) {
         ++accepted;
         std::lock_guard<std::mutex> lock(mu);

@@ -208,6 +208,27 @@ instances:
   EXPECT_THAT(missing.err, AllOf(HasSubstr(file + ":5:19:"), HasSubstr("no-such-token.txt")));
 }
 
+TEST(CliTest, MigrateAppliesPendingMigrationsOnce) {
+  TempDir dir;
+  const std::string file = dir.write("kiln.yaml", "store:\n  sqlite:\n    path: data/kiln.db\n");
+  auto first = run({kKiln, "migrate", "--config", file});
+  EXPECT_EQ(first.code, 0) << first.err;
+  EXPECT_THAT(first.out,
+              testing::MatchesRegex(
+                  "kiln migrate: applied [1-9][0-9]* migrations?; schema version [1-9][0-9]*\n"));
+  EXPECT_TRUE(fs::exists(dir.path() + "/data/kiln.db"));
+  auto second = run({kKiln, "migrate", "--config", file});
+  EXPECT_EQ(second.code, 0);
+  EXPECT_THAT(second.out, HasSubstr("applied 0 migrations"));
+
+  const std::string pg = dir.write(
+      "pg.yaml", "store:\n  postgres:\n    url: postgresql://kiln:s3cret@127.0.0.1:1/none\n");
+  auto down = run({kKiln, "migrate", "--config", pg});
+  EXPECT_EQ(down.code, 1);
+  EXPECT_THAT(down.err, HasSubstr("kiln migrate: "));
+  EXPECT_THAT(down.err, Not(HasSubstr("s3cret")));
+}
+
 TEST(CliTest, PluginsListShowsBundledPluginsOfEveryKind) {
   auto r = run({kKiln, "plugins", "list"});
   EXPECT_EQ(r.code, 0) << r.err;

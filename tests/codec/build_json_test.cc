@@ -58,9 +58,9 @@ TEST(ParseSpecTest, RejectsUnknownFieldsAndWrongTypes) {
 
 TEST(ParseSpecTest, ExtraFieldsTheCallerHandlesAreSkipped) {
   std::vector<domain::FieldError> errors;
-  EXPECT_TRUE(parseSpec(json::parse(R"({"prompt": "p", "project_id": "x"})"), &errors,
-                        {"project_id"})
-                  .has_value());
+  EXPECT_TRUE(
+      parseSpec(json::parse(R"({"prompt": "p", "project_id": "x"})"), &errors, {"project_id"})
+          .has_value());
 }
 
 TEST(BuildJsonTest, ResultAndCompositionRoundTrip) {
@@ -92,8 +92,8 @@ TEST(BuildJsonTest, ApiFormUsesSeedFieldNames) {
   b.error_kind = domain::ErrorKind::kInfrastructure;
   b.result = domain::BuildResult{};
   EXPECT_EQ(toJson(b)["error_kind"], "infrastructure");
-  for (const char* field : {"success", "output", "error", "commit_sha", "files_changed",
-                            "duration_ms", "artifacts"}) {
+  for (const char* field :
+       {"success", "output", "error", "commit_sha", "files_changed", "duration_ms", "artifacts"}) {
     EXPECT_TRUE(toJson(b)["result"].contains(field)) << field;
   }
 }

@@ -14,10 +14,9 @@ using ::testing::HasSubstr;
 constexpr BuildStatus kStatuses[] = {BuildStatus::kPending, BuildStatus::kRunning,
                                      BuildStatus::kCompleted, BuildStatus::kFailed,
                                      BuildStatus::kCancelled};
-constexpr TransitionReason kReasons[] = {TransitionReason::kClaimed, TransitionReason::kFinished,
-                                         TransitionReason::kCancelled,
-                                         TransitionReason::kLeaseExpired,
-                                         TransitionReason::kReleased};
+constexpr TransitionReason kReasons[] = {
+    TransitionReason::kClaimed, TransitionReason::kFinished, TransitionReason::kCancelled,
+    TransitionReason::kLeaseExpired, TransitionReason::kReleased};
 
 TEST(BuildStatusTest, NamesAreTheSeedsAndRoundTrip) {
   std::vector<std::string> names;
@@ -25,7 +24,8 @@ TEST(BuildStatusTest, NamesAreTheSeedsAndRoundTrip) {
     names.emplace_back(statusName(s));
     EXPECT_EQ(parseStatus(statusName(s)), s);
   }
-  EXPECT_THAT(names, ::testing::ElementsAre("pending", "running", "completed", "failed", "cancelled"));
+  EXPECT_THAT(names,
+              ::testing::ElementsAre("pending", "running", "completed", "failed", "cancelled"));
   EXPECT_FALSE(parseStatus("done").has_value());
   EXPECT_FALSE(parseStatus("Pending").has_value());
 }
@@ -43,14 +43,10 @@ TEST(StateMachineTest, ExactlyTheAllowedTransitions) {
   using S = BuildStatus;
   using R = TransitionReason;
   const std::set<std::tuple<S, S, R>> allowed = {
-      {S::kPending, S::kRunning, R::kClaimed},
-      {S::kPending, S::kCancelled, R::kCancelled},
-      {S::kRunning, S::kCompleted, R::kFinished},
-      {S::kRunning, S::kFailed, R::kFinished},
-      {S::kRunning, S::kCancelled, R::kCancelled},
-      {S::kRunning, S::kPending, R::kLeaseExpired},
-      {S::kRunning, S::kFailed, R::kLeaseExpired},
-      {S::kRunning, S::kPending, R::kReleased},
+      {S::kPending, S::kRunning, R::kClaimed},     {S::kPending, S::kCancelled, R::kCancelled},
+      {S::kRunning, S::kCompleted, R::kFinished},  {S::kRunning, S::kFailed, R::kFinished},
+      {S::kRunning, S::kCancelled, R::kCancelled}, {S::kRunning, S::kPending, R::kLeaseExpired},
+      {S::kRunning, S::kFailed, R::kLeaseExpired}, {S::kRunning, S::kPending, R::kReleased},
   };
   int checked = 0;
   for (S from : kStatuses) {
@@ -67,7 +63,8 @@ TEST(StateMachineTest, ExactlyTheAllowedTransitions) {
 }
 
 TEST(StateMachineTest, TerminalStatusesNeverChange) {
-  for (BuildStatus from : {BuildStatus::kCompleted, BuildStatus::kFailed, BuildStatus::kCancelled}) {
+  for (BuildStatus from :
+       {BuildStatus::kCompleted, BuildStatus::kFailed, BuildStatus::kCancelled}) {
     for (BuildStatus to : kStatuses) {
       for (TransitionReason r : kReasons) EXPECT_FALSE(canTransition(from, to, r));
     }
@@ -147,7 +144,8 @@ TEST(ValidateSpecTest, SaysWhatToFix) {
   ASSERT_EQ(errors.size(), 5u);
   EXPECT_THAT(errors[0], HasSubstr("template: template must be 1-64 letters"));
   EXPECT_THAT(errors[1], HasSubstr("variables.9lives: variable names must match"));
-  EXPECT_THAT(errors[2], HasSubstr("callback_url: callback_url must be an absolute http:// or https:// URL"));
+  EXPECT_THAT(errors[2],
+              HasSubstr("callback_url: callback_url must be an absolute http:// or https:// URL"));
   EXPECT_THAT(errors[3], HasSubstr("branch: branch must be a valid git branch name"));
   EXPECT_THAT(errors[4], HasSubstr("timeout_s: timeout_s must be between 1 and 3600"));
 }
@@ -159,8 +157,8 @@ TEST(ValidateSpecTest, CallbackUrlMustBeAbsoluteHttp) {
     spec.callback_url = ok;
     EXPECT_THAT(fieldsOf(spec), ::testing::IsEmpty()) << ok;
   }
-  for (const char* bad : {"/relative", "http://", "https://user@host/x", "javascript:alert(1)",
-                          "http://a b/"}) {
+  for (const char* bad :
+       {"/relative", "http://", "https://user@host/x", "javascript:alert(1)", "http://a b/"}) {
     spec.callback_url = bad;
     EXPECT_EQ(fieldsOf(spec).size(), 1u) << bad;
   }

@@ -115,7 +115,8 @@ TEST_F(WorkerPoolTest, RunsSubmittedBuildsToCompletion) {
   };
   startPool(2);
   std::vector<std::string> ids;
-  for (int i = 0; i < 10; ++i) ids.push_back(submit("p" + std::to_string(i), "b" + std::to_string(i)));
+  for (int i = 0; i < 10; ++i)
+    ids.push_back(submit("p" + std::to_string(i), "b" + std::to_string(i)));
   ASSERT_TRUE(eventually([&] {
     return std::all_of(ids.begin(), ids.end(),
                        [&](const auto& id) { return statusOf(id) == BuildStatus::kCompleted; });
@@ -180,7 +181,9 @@ TEST_F(WorkerPoolTest, CancellingARunningBuildReachesTheExecutor) {
 }
 
 TEST_F(WorkerPoolTest, CancellingAPendingBuildMeansItNeverRuns) {
-  executor_.script = [](const domain::Build&, const ports::ExecutionControl&) { return completed(); };
+  executor_.script = [](const domain::Build&, const ports::ExecutionControl&) {
+    return completed();
+  };
   const auto id = submit("p");
   ASSERT_TRUE(service_->cancel(id).ok());
   EXPECT_EQ(statusOf(id), BuildStatus::kCancelled);
@@ -277,7 +280,8 @@ TEST_F(WorkerPoolTest, ALostLeaseKeepsTheStaleOutcomeFromLanding) {
 }
 
 TEST(BuildServiceTest, ValidationNamesTheFields) {
-  const auto dir = std::filesystem::temp_directory_path() / ("kiln-svc-" + std::to_string(getpid()));
+  const auto dir =
+      std::filesystem::temp_directory_path() / ("kiln-svc-" + std::to_string(getpid()));
   std::filesystem::remove_all(dir);
   auto opened = store::openSqliteStore({(dir / "kiln.db").string(), 5000});
   ASSERT_TRUE(opened.ok());

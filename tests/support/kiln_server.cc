@@ -53,12 +53,15 @@ KilnServer::KilnServer(const std::string& kiln_binary, const std::string& config
   std::filesystem::create_directories(dir_);
   const std::string config = dir_ + "/kiln.yaml";
   std::ofstream(config) << config_yaml;
-  process_ = std::make_unique<Subprocess>(std::vector<std::string>{kiln_binary, "serve", "--config", config});
+  process_ = std::make_unique<Subprocess>(
+      std::vector<std::string>{kiln_binary, "serve", "--config", config});
   const auto line = process_->readLine(std::chrono::seconds(30));
   std::smatch m;
-  if (!line || !std::regex_search(*line, m, std::regex("listening on http://127\\.0\\.0\\.1:([0-9]+)"))) {
+  if (!line ||
+      !std::regex_search(*line, m, std::regex("listening on http://127\\.0\\.0\\.1:([0-9]+)"))) {
     process_->wait(std::chrono::seconds(5));
-    throw std::runtime_error("kiln serve did not start: " + line.value_or("") + "\n" + process_->err());
+    throw std::runtime_error("kiln serve did not start: " + line.value_or("") + "\n" +
+                             process_->err());
   }
   port_ = std::stoi(m[1]);
 }

@@ -106,7 +106,7 @@ BootResult boot(const std::string& config_path, bool create_instances) {
 
 Result<std::unique_ptr<ports::Store>> openStore(const config::StoreConfig& store) {
   if (store.kind == config::StoreConfig::Kind::kPostgres) {
-    return store::openPostgresStore(store::PostgresOptions{store.postgres_url, 4});
+    return store::openPostgresStore(store::PostgresOptions{store.postgres_url, 8});
   }
   return store::openSqliteStore(store::SqliteOptions{store.sqlite_path, 5000});
 }

@@ -18,13 +18,17 @@ std::string lowerCopy(std::string s) {
   return s;
 }
 
-Response withJson(int status, const json& body) { return Response{status, "application/json", body.dump(), {}}; }
+Response withJson(int status, const json& body) {
+  return Response{status, "application/json", body.dump(), {}};
+}
 
-Response invalid(const std::string& detail, const std::vector<std::pair<std::string, std::string>>& fields) {
+Response invalid(const std::string& detail,
+                 const std::vector<std::pair<std::string, std::string>>& fields) {
   Response r = problem(400, "invalid-request", "Invalid request", detail);
   json body = json::parse(r.body);
   json errors = json::array();
-  for (const auto& [field, message] : fields) errors.push_back({{"field", field}, {"message", message}});
+  for (const auto& [field, message] : fields)
+    errors.push_back({{"field", field}, {"message", message}});
   body["errors"] = errors;
   if (!fields.empty()) body["field"] = fields.front().first;
   r.body = body.dump();
@@ -79,9 +83,9 @@ std::optional<domain::Project> projectFrom(const json& body, Response* error) {
   }
   domain::Project p;
   std::vector<std::pair<std::string, std::string>> fields;
-  static const std::vector<std::string> kKnown = {"id", "repo_url", "default_branch",
-                                                   "max_running_builds", "max_pending_builds",
-                                                   "max_timeout_s"};
+  static const std::vector<std::string> kKnown = {
+      "id",           "repo_url", "default_branch", "max_running_builds", "max_pending_builds",
+      "max_timeout_s"};
   for (const auto& [key, value] : body.items()) {
     if (std::find(kKnown.begin(), kKnown.end(), key) == kKnown.end()) {
       fields.emplace_back(key, "unknown field \"" + key +
@@ -150,7 +154,8 @@ Handler idempotent(ports::Store& store, Handler handler) {
     if (it == req.headers.end()) return handler(req);
     std::string key = it->second;
     // A Structured-Header string is quoted; accept the bare token too.
-    if (key.size() >= 2 && key.front() == '"' && key.back() == '"') key = key.substr(1, key.size() - 2);
+    if (key.size() >= 2 && key.front() == '"' && key.back() == '"')
+      key = key.substr(1, key.size() - 2);
     if (key.empty() || key.size() > 255) {
       return problem(400, "invalid-idempotency-key", "Invalid Idempotency-Key",
                      "Idempotency-Key must be 1 to 255 characters, e.g. a UUID");
@@ -210,7 +215,8 @@ void addBuildApi(Router& router, services::BuildService& service) {
       for (const auto& p : problems) fields.emplace_back(p.field, p.message);
       return invalid(problems.front().message, fields);
     }
-    const std::string project = req.params.count("id") ? req.params.at("id") : req.params.at("name");
+    const std::string project =
+        req.params.count("id") ? req.params.at("id") : req.params.at("name");
     auto build = service.submit(project, *spec);
     return build.ok() ? accepted(*build) : problemFor(build.error());
   };
@@ -220,7 +226,8 @@ void addBuildApi(Router& router, services::BuildService& service) {
   router.add("GET", "/projects/{id}/builds", [&store](const Request& req) -> Response {
     ports::BuildQuery q;
     q.project_id = req.params.at("id");
-    if (auto project = store.getProject(q.project_id); !project.ok()) return problemFor(project.error());
+    if (auto project = store.getProject(q.project_id); !project.ok())
+      return problemFor(project.error());
     if (auto it = req.query.find("status"); it != req.query.end()) {
       q.status = domain::parseStatus(it->second);
       if (!q.status) {
@@ -234,7 +241,8 @@ void addBuildApi(Router& router, services::BuildService& service) {
         q.limit = std::stoi(it->second, &used);
         if (used != it->second.size() || q.limit < 1 || q.limit > 100) throw std::out_of_range("");
       } catch (const std::exception&) {
-        return invalid("limit must be an integer from 1 to 100", {{"limit", "got \"" + it->second + "\""}});
+        return invalid("limit must be an integer from 1 to 100",
+                       {{"limit", "got \"" + it->second + "\""}});
       }
     }
     if (auto it = req.query.find("cursor"); it != req.query.end()) {
@@ -309,34 +317,35 @@ void addBuildApi(Router& router, services::BuildService& service) {
     return project.ok() ? withJson(200, codec::toJson(*project)) : problemFor(project.error());
   });
 
-  router.add("POST", "/project/create-and-build",
-             idempotent(store, [&service](const Request& req) -> Response {
-               Response error;
-               auto body = jsonBody(req, &error);
-               if (!body) return error;
-               if (!body->is_object() || !body->contains("project") || !body->contains("build")) {
-                 return invalid("the body must be {\"project\": {...}, \"build\": {BuildSpec}}",
-                                {{body->is_object() && body->contains("project") ? "build" : "project",
-                                  "required"}});
-               }
-               for (const auto& [key, value] : body->items()) {
-                 if (key != "project" && key != "build") {
-                   return invalid("unknown field \"" + key + "\"",
-                                  {{key, "unknown field (expected project and build)"}});
-                 }
-               }
-               auto project = projectFrom((*body)["project"], &error);
-               if (!project) return error;
-               std::vector<domain::FieldError> problems;
-               auto spec = codec::parseSpec((*body)["build"], &problems);
-               if (!spec) {
-                 std::vector<std::pair<std::string, std::string>> fields;
-                 for (const auto& p : problems) fields.emplace_back("build." + p.field, p.message);
-                 return invalid(problems.front().message, fields);
-               }
-               auto build = service.createAndBuild(*project, *spec);
-               return build.ok() ? accepted(*build) : problemFor(build.error());
-             }));
+  router.add(
+      "POST", "/project/create-and-build",
+      idempotent(store, [&service](const Request& req) -> Response {
+        Response error;
+        auto body = jsonBody(req, &error);
+        if (!body) return error;
+        if (!body->is_object() || !body->contains("project") || !body->contains("build")) {
+          return invalid(
+              "the body must be {\"project\": {...}, \"build\": {BuildSpec}}",
+              {{body->is_object() && body->contains("project") ? "build" : "project", "required"}});
+        }
+        for (const auto& [key, value] : body->items()) {
+          if (key != "project" && key != "build") {
+            return invalid("unknown field \"" + key + "\"",
+                           {{key, "unknown field (expected project and build)"}});
+          }
+        }
+        auto project = projectFrom((*body)["project"], &error);
+        if (!project) return error;
+        std::vector<domain::FieldError> problems;
+        auto spec = codec::parseSpec((*body)["build"], &problems);
+        if (!spec) {
+          std::vector<std::pair<std::string, std::string>> fields;
+          for (const auto& p : problems) fields.emplace_back("build." + p.field, p.message);
+          return invalid(problems.front().message, fields);
+        }
+        auto build = service.createAndBuild(*project, *spec);
+        return build.ok() ? accepted(*build) : problemFor(build.error());
+      }));
 }
 
 }  // namespace kiln::http

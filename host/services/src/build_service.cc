@@ -12,8 +12,8 @@ BuildService::BuildService(ports::Store& store, BuildServiceOptions options)
 Result<void> validateProject(const Project& p) {
   Error error{ErrorCode::kInvalidArgument, "", false, {}};
   if (!domain::isValidProjectId(p.id)) {
-    error.fields.emplace_back("id", "project id must match ^[a-z0-9][a-z0-9._-]{0,62}$, got \"" +
-                                        p.id + "\"");
+    error.fields.emplace_back(
+        "id", "project id must match ^[a-z0-9][a-z0-9._-]{0,62}$, got \"" + p.id + "\"");
   }
   if (p.repo_url.find_first_not_of(" \t") == std::string::npos) {
     error.fields.emplace_back("repo_url", "repo_url is required");
@@ -85,9 +85,9 @@ Result<Build> BuildService::retry(const std::string& task_id) {
   if (!original.ok()) return original.error();
   if (original->status != domain::BuildStatus::kFailed &&
       original->status != domain::BuildStatus::kCancelled) {
-    return makeError(ErrorCode::kConflict,
-                     "build " + task_id + " is " + std::string(statusName(original->status)) +
-                         "; only failed or cancelled builds can be retried");
+    return makeError(ErrorCode::kConflict, "build " + task_id + " is " +
+                                               std::string(statusName(original->status)) +
+                                               "; only failed or cancelled builds can be retried");
   }
   auto project = store_.getProject(original->project_id);
   if (!project.ok()) return project.error();

@@ -88,8 +88,8 @@ ports::Outcome PluginExecutor::execute(const domain::Build& build, const domain:
                   "cannot create workspace " + workspace.string() + ": " + ec.message());
   }
 
-  const auto timeout = build.spec.timeout_s ? std::chrono::seconds(*build.spec.timeout_s)
-                                            : options_.default_timeout;
+  const auto timeout =
+      build.spec.timeout_s ? std::chrono::seconds(*build.spec.timeout_s) : options_.default_timeout;
   const auto deadline = started + timeout;
   std::atomic<bool> timed_out{false};
   plugins::CallOptions call;
@@ -114,10 +114,10 @@ ports::Outcome PluginExecutor::execute(const domain::Build& build, const domain:
   ports::Outcome outcome;
   outcome.composition = stages->composition;
   if (!answer.ok()) {
-    outcome = failed(timed_out ? ErrorKind::kTimeout : kindOf(answer.error()),
-                     timed_out ? "the build exceeded its time limit of " +
-                                     std::to_string(timeout.count()) + " s"
-                               : answer.error().message);
+    outcome = failed(
+        timed_out ? ErrorKind::kTimeout : kindOf(answer.error()),
+        timed_out ? "the build exceeded its time limit of " + std::to_string(timeout.count()) + " s"
+                  : answer.error().message);
     outcome.composition = stages->composition;
   } else {
     const json r = json::parse(answer.value(), nullptr, false);
@@ -129,7 +129,8 @@ ports::Outcome PluginExecutor::execute(const domain::Build& build, const domain:
     } else {
       outcome.status = BuildStatus::kFailed;
       outcome.error_kind = ErrorKind::kWorkload;
-      outcome.error = outcome.result.error.empty() ? "the agent reported failure" : outcome.result.error;
+      outcome.error =
+          outcome.result.error.empty() ? "the agent reported failure" : outcome.result.error;
     }
   }
   outcome.result.duration_ms = std::chrono::duration_cast<std::chrono::milliseconds>(

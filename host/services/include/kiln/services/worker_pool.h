@@ -24,9 +24,9 @@ struct WorkerPoolOptions {
   int slots = 2;
   std::string worker_id;  // unique per process, e.g. "host:pid"
   std::chrono::milliseconds lease{30000};
-  std::chrono::milliseconds heartbeat{10000};  // renew every; < lease
-  std::chrono::milliseconds idle_wait{2000};   // max wait for work between claims
-  std::chrono::milliseconds reap_every{5000};  // how often expired leases are reaped
+  std::chrono::milliseconds heartbeat{10000};        // renew every; < lease
+  std::chrono::milliseconds idle_wait{2000};         // max wait for work between claims
+  std::chrono::milliseconds reap_every{5000};        // how often expired leases are reaped
   std::function<void(const std::string& line)> log;  // empty: stderr
 };
 
@@ -42,7 +42,7 @@ class WorkerPool {
   // asks them to stop and releases them back to pending for another worker.
   void drain(std::chrono::milliseconds deadline);
 
-  int running() const;        // builds in progress now
+  int running() const;  // builds in progress now
   int64_t finishedCount() const { return finished_.load(); }
   bool claimingPaused() const { return paused_.load(); }
 
