@@ -372,3 +372,76 @@ INSTANTIATE_TEST_SUITE_P(Stores, ApiTest, ::testing::Values("sqlite", "postgres"
                          [](const auto& info) { return info.param; });
 
 }  // namespace
+
+namespace {
+
+// The concurrency test, literally: 4 worker threads in each of 2
+// separate `kiln serve` processes share one PostgreSQL database and run
+// 2,000 builds; every build completes exactly once.
+TEST(TwoKilnProcessesTest, ShareOnePostgresAndRunEveryBuildExactlyOnce) {
+  TestDatabase db;
+  std::string projects;
+  for (int p = 0; p < 8; ++p) {
+    projects += "  p" + std::to_string(p) +
+                ":\n    repo_url: /srv/p.git\n    max_running_builds: 8\n" +
+                "    max_pending_builds: 1000\n";
+  }
+  const std::string config =
+      "server:\n  listen: 127.0.0.1:0\n  workers: 4\n  lease_s: 5\n"
+      "  shutdown_grace_s: 5\nstore:\n  postgres:\n    url: " +
+      db.url() +
+      "\ninstances:\n  agent:\n    plugin: code-agent/noop\n"
+      "defaults:\n  agent: agent\nprojects:\n" +
+      projects;
+  KilnServer a(kKiln, config);
+  KilnServer b(kKiln, config);
+
+  constexpr int kBuilds = 2000;
+  std::vector<std::string> ids(kBuilds);
+  std::vector<std::thread> clients;
+  std::atomic<int> refused{0};
+  for (int c = 0; c < 8; ++c) {
+    clients.emplace_back([&, c] {
+      const KilnServer& via = c % 2 == 0 ? a : b;
+      for (int i = c; i < kBuilds; i += 8) {
+        // Spread over projects and branches so that both processes' workers
+        // can run many builds at once.
+        const json spec = {{"prompt", "build " + std::to_string(i)},
+                           {"branch", "b" + std::to_string(i % 16)}};
+        const auto r = via.post("/projects/p" + std::to_string(i % 8) + "/builds", spec);
+        if (r.status != 202) {
+          ++refused;
+          continue;
+        }
+        ids[static_cast<size_t>(i)] = json::parse(r.body)["task_id"];
+      }
+    });
+  }
+  for (auto& t : clients) t.join();
+  ASSERT_EQ(refused.load(), 0);
+
+  std::map<std::string, int> by_worker;
+  for (const auto& id : ids) {
+    const json build = a.waitForTerminal(id, 120000);
+    ASSERT_EQ(build["status"], "completed") << build.dump();
+    ASSERT_EQ(build["attempts"], 1) << id;
+    int claims = 0, completions = 0;
+    for (const auto& e : build["events"]) {
+      if (e["to"] == "running") ++claims;
+      if (e["to"] == "completed") ++completions;
+    }
+    ASSERT_EQ(claims, 1) << id;
+    ASSERT_EQ(completions, 1) << id;
+    ++by_worker[build["worker_id"].get<std::string>()];
+  }
+  // Both processes took part (worker ids are host:pid).
+  EXPECT_EQ(by_worker.size(), 2u);
+  for (const auto& [worker, n] : by_worker) EXPECT_GT(n, 0) << worker;
+  for (int p = 0; p < 8; ++p) {
+    const json pending =
+        json::parse(a.get("/projects/p" + std::to_string(p) + "/builds?status=pending").body);
+    EXPECT_TRUE(pending["builds"].empty());
+  }
+}
+
+}  // namespace

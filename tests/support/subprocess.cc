@@ -9,6 +9,7 @@
 
 #include <cstring>
 #include <stdexcept>
+#include <thread>
 
 extern char** environ;
 
@@ -60,6 +61,7 @@ Subprocess::Subprocess(std::vector<std::string> argv, std::map<std::string, std:
     close(err_fd_);
     throw std::runtime_error("cannot start " + argv[0] + ": " + std::strerror(rc));
   }
+  reader_ = std::thread([this] { readerLoop(); });
 }
 
 Subprocess::~Subprocess() {
@@ -67,40 +69,57 @@ Subprocess::~Subprocess() {
     ::kill(pid_, SIGKILL);
     wait(std::chrono::seconds(10));
   }
+  if (reader_.joinable()) reader_.join();
   if (out_fd_ >= 0) close(out_fd_);
   if (err_fd_ >= 0) close(err_fd_);
 }
 
-void Subprocess::pump(int timeout_ms) {
-  pollfd fds[2] = {{out_fd_, POLLIN, 0}, {err_fd_, POLLIN, 0}};
-  if (poll(fds, 2, timeout_ms) <= 0) return;
-  char buf[4096];
-  for (int i = 0; i < 2; ++i) {
-    if ((fds[i].revents & (POLLIN | POLLHUP)) == 0 || fds[i].fd < 0) continue;
-    const ssize_t n = read(fds[i].fd, buf, sizeof buf);
-    if (n > 0) {
-      (i == 0 ? out_ : err_).append(buf, static_cast<size_t>(n));
-    } else {
-      close(fds[i].fd);
-      (i == 0 ? out_fd_ : err_fd_) = -1;
+void Subprocess::readerLoop() {
+  bool out_open = true, err_open = true;
+  char buf[8192];
+  while (out_open || err_open) {
+    pollfd fds[2] = {{out_open ? out_fd_ : -1, POLLIN, 0}, {err_open ? err_fd_ : -1, POLLIN, 0}};
+    if (poll(fds, 2, 1000) <= 0) continue;
+    for (int i = 0; i < 2; ++i) {
+      if ((fds[i].revents & (POLLIN | POLLHUP | POLLERR)) == 0) continue;
+      const ssize_t n = read(fds[i].fd, buf, sizeof buf);
+      std::lock_guard<std::mutex> lock(mu_);
+      if (n > 0) {
+        (i == 0 ? out_ : err_).append(buf, static_cast<size_t>(n));
+      } else {
+        (i == 0 ? out_open : err_open) = false;
+      }
+      cv_.notify_all();
     }
   }
+  std::lock_guard<std::mutex> lock(mu_);
+  eof_ = true;
+  cv_.notify_all();
+}
+
+std::string Subprocess::err() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return err_;
+}
+
+std::string Subprocess::out() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return out_;
 }
 
 std::optional<std::string> Subprocess::readLine(std::chrono::milliseconds timeout) {
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (true) {
+  std::unique_lock<std::mutex> lock(mu_);
+  std::optional<std::string> line;
+  cv_.wait_for(lock, timeout, [&] {
     const auto nl = out_.find('\n', out_consumed_);
     if (nl != std::string::npos) {
-      std::string line = out_.substr(out_consumed_, nl - out_consumed_);
+      line = out_.substr(out_consumed_, nl - out_consumed_);
       out_consumed_ = nl + 1;
-      return line;
+      return true;
     }
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-        deadline - std::chrono::steady_clock::now());
-    if (left.count() <= 0 || (out_fd_ < 0 && err_fd_ < 0)) return std::nullopt;
-    pump(static_cast<int>(left.count()));
-  }
+    return eof_;
+  });
+  return line;
 }
 
 void Subprocess::signal(int sig) {
@@ -114,12 +133,15 @@ std::optional<int> Subprocess::wait(std::chrono::milliseconds timeout) {
     int st = 0;
     const pid_t r = waitpid(pid_, &st, WNOHANG);
     if (r == pid_) {
-      while (out_fd_ >= 0 || err_fd_ >= 0) pump(100);  // drain what is left
       status_ = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+      // The pipes close when the child and its children are gone; collect
+      // what is left (bounded, in case a grandchild keeps them open).
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait_for(lock, std::chrono::seconds(5), [&] { return eof_; });
       return status_;
     }
     if (std::chrono::steady_clock::now() >= deadline) return std::nullopt;
-    pump(20);
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
 }
 

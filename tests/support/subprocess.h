@@ -5,9 +5,12 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <condition_variable>
 #include <map>
+#include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace kiln::testing {
@@ -30,20 +33,26 @@ class Subprocess {
   // Waits for exit; the exit code, or 128+signal, or nullopt on timeout.
   std::optional<int> wait(std::chrono::milliseconds timeout);
 
-  // Everything the child wrote to stderr/stdout so far (drained on wait()).
-  const std::string& err() const { return err_; }
-  const std::string& out() const { return out_; }
+  // Everything the child wrote to stderr/stdout so far.
+  std::string err() const;
+  std::string out() const;
 
  private:
-  void pump(int timeout_ms);
+  // Rationale: a reader thread drains both pipes all the time; a child that
+  // logs more than a pipe holds (64 KiB) while nobody reads would block.
+  void readerLoop();
 
   pid_t pid_ = -1;
   int out_fd_ = -1;
   int err_fd_ = -1;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
   std::string out_;          // all stdout
   size_t out_consumed_ = 0;  // bytes of out_ already returned by readLine
   std::string err_;
+  bool eof_ = false;
   std::optional<int> status_;
+  std::thread reader_;
 };
 
 // Runs a command to completion; returns {exit code, stdout, stderr}.

@@ -139,6 +139,9 @@ void WorkerPool::heartbeatLoop() {
       if (renewed.ok()) {
         if (renewed->cancel_requested) active->cancel_requested = true;
       } else if (renewed.error().code == ErrorCode::kConflict) {
+        std::lock_guard<std::mutex> relock(mu_);
+        // A build that finished since the snapshot was taken is not lost.
+        if (active_.count(task_id) == 0) continue;
         active->lease_lost = true;
         log("build " + task_id + ": " + renewed.error().message);
       } else {

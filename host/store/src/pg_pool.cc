@@ -75,6 +75,12 @@ Result<std::unique_ptr<pqxx::connection>> connect(const std::string& url,
     pqxx::nontransaction setup(*conn);
     // NOTICEs ("relation already exists, skipping", ...) would go to stderr.
     setup.exec0("SET client_min_messages TO warning");
+    // Rationale: after five runs PostgreSQL may cache a generic plan of a
+    // prepared statement, chosen with the statistics of that moment; on a
+    // fresh database those say the queue is empty, and the claim query then
+    // crawls until autoanalyze replans it. Planning each run costs well under
+    // a millisecond and follows the queue as it grows.
+    setup.exec0("SET plan_cache_mode TO force_custom_plan");
     setup.commit();
     for (const Statement& s : statements) conn->prepare(s.name, s.sql);
     // Registered now rather than lazily at first use, so that a statement
