@@ -136,6 +136,22 @@ TEST_P(ApiTest, SeedAliasAndTemplatesWork) {
   EXPECT_EQ(build["spec"]["template"], "feature");
 }
 
+TEST_P(ApiTest, TemplateProblemsAre400AtSubmitTimeAndNothingIsStored) {
+  auto missing = server_->post("/projects/demo/builds", {{"prompt", "p"}, {"template", "feature"}});
+  ASSERT_EQ(missing.status, 400) << missing.body;
+  const json p = problemOf(missing);
+  EXPECT_EQ(p["field"], "variables");
+  EXPECT_THAT(p["detail"].get<std::string>(), HasSubstr("requires variable \"feature\""));
+
+  auto unknown = server_->post("/projects/demo/builds", {{"prompt", "p"}, {"template", "nope"}});
+  ASSERT_EQ(unknown.status, 400) << unknown.body;
+  EXPECT_EQ(problemOf(unknown)["field"], "template");
+  EXPECT_THAT(problemOf(unknown)["detail"].get<std::string>(),
+              HasSubstr("unknown template \"nope\""));
+
+  EXPECT_TRUE(json::parse(server_->get("/projects/demo/builds").body)["builds"].empty());
+}
+
 TEST_P(ApiTest, AFailingAgentFailsTheBuildAsWorkload) {
   const json build = server_->waitForTerminal(submit("failing", {{"prompt", "p"}}));
   EXPECT_EQ(build["status"], "failed");

@@ -129,14 +129,29 @@ int serve(const ServeOptions& options, std::ostream& out, std::ostream& err) {
     return 1;
   }
 
-  services::BuildService builds(**store,
-                                services::BuildServiceOptions{rt.config.server.max_prompt_bytes,
-                                                              rt.config.server.max_attempts});
+  services::BuildServiceOptions bo;
+  bo.max_prompt_bytes = rt.config.server.max_prompt_bytes;
+  bo.max_attempts = rt.config.server.max_attempts;
+  const worker::StageResolver resolve = stageResolver(rt);
+  // A dry-run render: the template must exist and get its required variables.
+  bo.check_template = [&resolve](const domain::Project& project,
+                                 const domain::Build& build) -> Result<void> {
+    auto stages = resolve(project);
+    if (!stages.ok()) return stages.error();
+    auto rendered = worker::PluginExecutor::renderPrompt(*stages, build, project);
+    if (rendered.ok()) return {};
+    Error e = rendered.error();
+    const bool missing_variable = e.code == ErrorCode::kInvalidArgument &&
+                                  e.message.find("requires variable") != std::string::npos;
+    e.fields.emplace_back(missing_variable ? "variables" : "template", e.message);
+    return e;
+  };
+  services::BuildService builds(**store, bo);
   worker::PluginExecutorOptions eo;
   eo.workspace_root =
       (std::filesystem::temp_directory_path() / ("kiln-workspaces-" + std::to_string(getpid())))
           .string();
-  worker::PluginExecutor executor(stageResolver(rt), eo);
+  worker::PluginExecutor executor(resolve, eo);
   services::WorkerPoolOptions wo;
   wo.slots = rt.config.server.workers;
   wo.worker_id = workerId();

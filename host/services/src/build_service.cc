@@ -48,6 +48,14 @@ Result<Build> BuildService::prepare(const Project& project, const BuildSpec& spe
   b.branch = spec.branch.value_or(project.default_branch);
   b.spec = spec;
   b.max_attempts = options_.max_attempts;
+  if (spec.template_name && options_.check_template) {
+    if (auto checked = options_.check_template(project, b); !checked.ok()) {
+      Error e = checked.error();
+      if (e.code == ErrorCode::kNotFound) e.code = ErrorCode::kInvalidArgument;
+      if (e.fields.empty()) e.fields.emplace_back("template", e.message);
+      return e;
+    }
+  }
   return b;
 }
 

@@ -2,6 +2,7 @@
 // plus cancel and retry. Depends only on the Store port.
 #pragma once
 
+#include <functional>
 #include <string>
 
 #include "kiln/domain/build.h"
@@ -13,6 +14,11 @@ namespace kiln::services {
 struct BuildServiceOptions {
   int64_t max_prompt_bytes = 64 * 1024;
   int max_attempts = 3;
+  // Checks a build's template and variables against the project's template
+  // provider before anything is stored, so that an unknown template or a
+  // missing required variable is a 400, not a failed build. Errors should be
+  // kInvalidArgument / kNotFound with `fields`; empty: not checked.
+  std::function<Result<void>(const domain::Project&, const domain::Build&)> check_template;
 };
 
 class BuildService {
