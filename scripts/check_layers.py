@@ -18,8 +18,10 @@ ALLOWED = {
     "config": ({"domain", "config"}, {"nlohmann/", "yaml-cpp/"}),
     "plugins": ({"domain", "ports", "config", "plugins", "abi"}, {"nlohmann/", "boost/dll"}),
     "http": ({"domain", "ports", "services", "codec", "http"}, {"nlohmann/", "Poco/"}),
-    "worker": ({"domain", "ports", "services", "plugins", "codec", "worker"}, {"nlohmann/"}),
+    "worker": ({"domain", "ports", "services", "plugins", "codec", "git", "worker"}, {"nlohmann/"}),
     "store": ({"domain", "ports", "codec", "store"}, {"nlohmann/", "pqxx/", "sqlite3.h", "libpq-fe.h"}),
+    "process": ({"domain", "process"}, set()),
+    "git": ({"domain", "git"}, {"git2"}),
     "app": (None, None),  # the composition root may wire anything
 }
 THIRD_PARTY = ("nlohmann/", "yaml-cpp/", "Poco/", "boost/", "pqxx/", "git2", "sqlite3.h",

@@ -7,11 +7,11 @@ PACKAGES=(
   # toolchain
   g++ cmake ninja-build ccache pkgconf clang-format git
   # libraries
-  libpoco-dev libyaml-cpp-dev libpqxx-dev libgit2-dev libsqlite3-dev
+  libpoco-dev libyaml-cpp-dev libpqxx-dev libgit2-dev libsqlite3-dev libssl-dev
   nlohmann-json3-dev libkainjow-mustache-dev libboost1.74-dev
   libgtest-dev libgmock-dev googletest
   # test fixtures and real peers
-  json-schema-test-suite postgresql curl python3
+  json-schema-test-suite postgresql curl python3 lighttpd ca-certificates
 )
 
 missing=()

@@ -1,6 +1,9 @@
 // The build API end to end: a real `kiln serve` process on each store, real
 // HTTP, the bundled plugins doing the (no-op) work.
+#include <unistd.h>
+
 #include <atomic>
+#include <filesystem>
 #include <set>
 #include <thread>
 
@@ -43,20 +46,25 @@ instances:
     plugin: template-provider/filesystem
     config:
       directories: ["${KILN_TEMPLATE_DIR}"]
+  local-git:
+    plugin: git-host/local
+    config:
+      root: "${KILN_CONFIG_DIR}/repos"
 defaults:
   agent: agent
   template_provider: templates
+  git_host: local-git
 projects:
   demo:
-    repo_url: /srv/demo.git
+    repo_url: ${KILN_CONFIG_DIR}/repos/demo.git
     max_running_builds: 2
   slow:
-    repo_url: /srv/slow.git
+    repo_url: ${KILN_CONFIG_DIR}/repos/slow.git
     agent: slow
     max_pending_builds: 2
     max_timeout_s: 600
   failing:
-    repo_url: /srv/failing.git
+    repo_url: ${KILN_CONFIG_DIR}/repos/failing.git
     agent: failing
 )";
 }
@@ -64,6 +72,13 @@ projects:
 class ApiTest : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
+    startServer();
+    for (const char* repo : {"demo", "slow", "failing"}) {
+      kiln::testing::makeBareRepository(server_->dir() + "/repos/" + repo + ".git");
+    }
+  }
+
+  void startServer() {
     if (GetParam() == "postgres") {
       db_ = std::make_unique<TestDatabase>();
       server_ = std::make_unique<KilnServer>(
@@ -291,13 +306,15 @@ TEST_P(ApiTest, APendingCapAnswers429WithRetryAfterAndDropsNothing) {
 }
 
 TEST_P(ApiTest, ProjectsFromConfigAndApi) {
+  kiln::testing::makeBareRepository(server_->dir() + "/repos/web.git");
   const json projects = json::parse(server_->get("/projects").body)["projects"];
   ASSERT_GE(projects.size(), 3u);
   EXPECT_EQ(projects[0]["id"], "demo");
   EXPECT_EQ(projects[0]["source"], "config");
 
-  auto created = server_->post(
-      "/projects", {{"id", "web"}, {"repo_url", "/srv/web.git"}, {"default_branch", "trunk"}});
+  auto created = server_->post("/projects", {{"id", "web"},
+                                             {"repo_url", server_->dir() + "/repos/web.git"},
+                                             {"default_branch", "trunk"}});
   ASSERT_EQ(created.status, 201) << created.body;
   EXPECT_EQ(created.headers.at("Location"), "/projects/web");
   EXPECT_EQ(json::parse(server_->get("/projects/web").body)["default_branch"], "trunk");
@@ -315,9 +332,11 @@ TEST_P(ApiTest, ProjectsFromConfigAndApi) {
 }
 
 TEST_P(ApiTest, CreateAndBuildIsOneStep) {
-  auto r = server_->post("/project/create-and-build",
-                         {{"project", {{"id", "fresh"}, {"repo_url", "/srv/fresh.git"}}},
-                          {"build", {{"prompt", "start"}}}});
+  kiln::testing::makeBareRepository(server_->dir() + "/repos/fresh.git");
+  auto r = server_->post(
+      "/project/create-and-build",
+      {{"project", {{"id", "fresh"}, {"repo_url", server_->dir() + "/repos/fresh.git"}}},
+       {"build", {{"prompt", "start"}}}});
   ASSERT_EQ(r.status, 202) << r.body;
   const std::string id = json::parse(r.body)["task_id"];
   EXPECT_EQ(server_->waitForTerminal(id)["status"], "completed");
@@ -329,6 +348,18 @@ TEST_P(ApiTest, CreateAndBuildIsOneStep) {
   EXPECT_EQ(dup.status, 409);
   EXPECT_EQ(json::parse(server_->get("/projects/fresh/builds").body)["builds"].size(), 1u)
       << "no second build";
+
+  // Without repo_url, the git host creates the repository.
+  auto created = server_->post("/project/create-and-build", {{"project", {{"id", "made-here"}}},
+                                                             {"build", {{"prompt", "hello"}}}});
+  ASSERT_EQ(created.status, 202) << created.body;
+  const json made = json::parse(server_->get("/projects/made-here").body);
+  const std::string repo = made["repo_url"];
+  EXPECT_EQ(repo, server_->dir() + "/repos/made-here.git");
+  EXPECT_TRUE(std::filesystem::exists(repo + "/HEAD")) << "a bare repository";
+  auto again = server_->post("/project/create-and-build", {{"project", {{"id", "made-here"}}},
+                                                           {"build", {{"prompt", "again"}}}});
+  EXPECT_EQ(again.status, 409);
 
   auto bad_build = server_->post(
       "/project/create-and-build",
@@ -396,11 +427,14 @@ namespace {
 // 2,000 builds; every build completes exactly once.
 TEST(TwoKilnProcessesTest, ShareOnePostgresAndRunEveryBuildExactlyOnce) {
   TestDatabase db;
+  const std::string repos =
+      (std::filesystem::temp_directory_path() / ("kiln-two-" + std::to_string(::getpid())))
+          .string();
+  kiln::testing::makeBareRepository(repos + "/p.git");
   std::string projects;
   for (int p = 0; p < 8; ++p) {
-    projects += "  p" + std::to_string(p) +
-                ":\n    repo_url: /srv/p.git\n    max_running_builds: 8\n" +
-                "    max_pending_builds: 1000\n";
+    projects += "  p" + std::to_string(p) + ":\n    repo_url: " + repos +
+                "/p.git\n    max_running_builds: 8\n" + "    max_pending_builds: 1000\n";
   }
   const std::string config =
       "server:\n  listen: 127.0.0.1:0\n  workers: 4\n  lease_s: 5\n"
@@ -453,6 +487,7 @@ TEST(TwoKilnProcessesTest, ShareOnePostgresAndRunEveryBuildExactlyOnce) {
   // Both processes took part (worker ids are host:pid).
   EXPECT_EQ(by_worker.size(), 2u);
   for (const auto& [worker, n] : by_worker) EXPECT_GT(n, 0) << worker;
+  std::filesystem::remove_all(repos);
   for (int p = 0; p < 8; ++p) {
     const json pending =
         json::parse(a.get("/projects/p" + std::to_string(p) + "/builds?status=pending").body);

@@ -273,6 +273,20 @@ TEST(ConfigTest, UnknownKeysInsidePluginConfigAreLeftToTheSchema) {
   EXPECT_EQ(c.instances.at("a").config, json({{"wrokers", 1}}));
 }
 
+TEST(ConfigTest, NotificationRetriesAreConfigurable) {
+  const Config defaults = loaded("projects:\n  p:\n    repo_url: /r\n");
+  EXPECT_EQ(defaults.server.delivery_backoff_s, 5);
+  EXPECT_EQ(defaults.server.delivery_max_age_s, 12 * 3600);
+  const Config c = loaded(
+      "server:\n  delivery_backoff_s: 1\n  delivery_max_age_s: 600\nprojects:\n  p:\n"
+      "    repo_url: /r\n");
+  EXPECT_EQ(c.server.delivery_backoff_s, 1);
+  EXPECT_EQ(c.server.delivery_max_age_s, 600);
+  EXPECT_THAT(errorsOf("server:\n  delivery_backoff_s: 0\n"),
+              ElementsAre("kiln.yaml:2:23: server.delivery_backoff_s must be an integer >= 1, "
+                          "got \"0\""));
+}
+
 TEST(ConfigTest, IntegersMustBePlainIntegersInRange) {
   EXPECT_THAT(
       errorsOf(R"(server:

@@ -285,7 +285,10 @@ TEST(BuildServiceTest, ValidationNamesTheFields) {
   std::filesystem::remove_all(dir);
   auto opened = store::openSqliteStore({(dir / "kiln.db").string(), 5000});
   ASSERT_TRUE(opened.ok());
-  BuildService service(**opened, BuildServiceOptions{100, 3});
+  BuildServiceOptions limits;
+  limits.max_prompt_bytes = 100;
+  limits.max_attempts = 3;
+  BuildService service(**opened, limits);
   domain::Project p;
   p.id = "Bad Id";
   auto bad_project = service.createProject(p);

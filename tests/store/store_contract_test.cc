@@ -28,6 +28,7 @@
 #include <pqxx/pqxx>
 
 #include "kiln/domain/build.h"
+#include "kiln/domain/delivery.h"
 #include "kiln/ports/store.h"
 #include "kiln/store/open.h"
 
@@ -38,10 +39,14 @@ using domain::Build;
 using domain::BuildEvent;
 using domain::BuildResult;
 using domain::BuildStatus;
+using domain::Delivery;
+using domain::DeliveryAttempt;
+using domain::DeliveryState;
 using domain::ErrorKind;
 using domain::Project;
 using ports::Claim;
 using ports::IdempotencyRecord;
+using ports::NewDelivery;
 using ports::Outcome;
 using ports::Store;
 using ::testing::ElementsAre;
@@ -1324,6 +1329,366 @@ TEST_P(StoreContract, MigrateOnAMigratedDatabaseAppliesNothing) {
   const MigrationReport report = MUST(backend().migrate());
   EXPECT_EQ(report.applied, 0);
   EXPECT_GE(report.version, 1);
+}
+
+// ------------------------------------------------------ notification outbox
+
+NewDelivery newDelivery(const std::string& task_id, const std::string& notifier,
+                        const std::string& target = "") {
+  NewDelivery d;
+  d.notifier = notifier;
+  d.target = target;
+  d.event_id = domain::deliveryEventId(task_id, notifier);
+  // Keys out of alphabetical order: the store must keep the bytes as given.
+  d.payload =
+      R"({"type":"build.completed","timestamp":"2026-01-02T03:04:05.000Z","data":{"task_id":")" +
+      task_id + R"("},"id":")" + d.event_id + R"("})";
+  return d;
+}
+
+DeliveryAttempt attemptAt(bool ok, const std::string& detail, int64_t duration_ms = 12) {
+  DeliveryAttempt a;
+  a.at = domain::nowMs();
+  a.ok = ok;
+  a.detail = detail;
+  a.duration_ms = duration_ms;
+  return a;
+}
+
+std::vector<int64_t> deliveryIds(const std::vector<Delivery>& list) {
+  std::vector<int64_t> out;
+  for (const Delivery& d : list) out.push_back(d.id);
+  return out;
+}
+
+TEST_P(StoreContract, FinishQueuesTheBuildsDeliveriesWithItsTerminalTransition) {
+  MUST(store().createProject(project("demo")));
+  const Build b = enqueue("demo");
+  const Claim c = claimOne("w1");
+  EXPECT_TRUE(MUST(store().listDeliveries(b.task_id)).empty());
+  Outcome o;
+  o.status = BuildStatus::kCompleted;
+  o.result.success = true;
+  const NewDelivery hook = newDelivery(b.task_id, "hook.prod", "https://example.test/cb?x=1");
+  const NewDelivery log = newDelivery(b.task_id, "log");
+  o.deliveries = {hook, log};
+  const domain::TimeMs before = domain::nowMs();
+  MUST(store().finish(c.build.task_id, c.lease_token, o));
+
+  const std::vector<Delivery> list = MUST(store().listDeliveries(b.task_id));
+  ASSERT_EQ(list.size(), 2u);
+  EXPECT_LT(list[0].id, list[1].id);
+  for (size_t i = 0; i < 2; ++i) {
+    const NewDelivery& want = i == 0 ? hook : log;
+    const Delivery& d = list[i];
+    EXPECT_EQ(d.task_id, b.task_id);
+    EXPECT_EQ(d.notifier, want.notifier);
+    EXPECT_EQ(d.target, want.target);
+    EXPECT_EQ(d.event_id, want.event_id);
+    EXPECT_EQ(d.payload, want.payload);  // byte for byte
+    EXPECT_EQ(d.state, DeliveryState::kPending);
+    EXPECT_EQ(d.attempts, 0);
+    ASSERT_TRUE(d.next_attempt_at.has_value());  // due at once
+    EXPECT_LE(*d.next_attempt_at, domain::nowMs());
+    EXPECT_GE(d.created_at, before - 1000);
+    EXPECT_FALSE(d.delivered_at.has_value());
+    EXPECT_EQ(d.last_error, "");
+    EXPECT_TRUE(d.attempt_log.empty());
+  }
+  EXPECT_EQ(list[0].event_id, "msg_" + b.task_id + "_hook~prod");
+}
+
+TEST_P(StoreContract, AFinishWhoseDeliveriesAreRefusedChangesNothing) {
+  MUST(store().createProject(project("demo", 2)));
+  const Build first = enqueue("demo", "a");
+  const Build second = enqueue("demo", "b");
+  const Claim c1 = claimOne("w1");
+  const Claim c2 = claimOne("w1");
+  ASSERT_EQ(c2.build.task_id, second.task_id);
+
+  Outcome bad;
+  bad.status = BuildStatus::kCompleted;
+  NewDelivery broken = newDelivery(first.task_id, "hook");
+  broken.payload = "not json";
+  bad.deliveries = {broken};
+  ASSERT_ERROR(store().finish(first.task_id, c1.lease_token, bad), ErrorCode::kInvalidArgument);
+  bad.deliveries = {newDelivery(first.task_id, "")};
+  ASSERT_ERROR(store().finish(first.task_id, c1.lease_token, bad), ErrorCode::kInvalidArgument);
+  EXPECT_EQ(get(first.task_id).status, BuildStatus::kRunning);
+
+  // An event id another build's delivery already has: the whole finish
+  // rolls back, so the build is not terminal without its notifications.
+  Outcome ok;
+  ok.status = BuildStatus::kCompleted;
+  ok.deliveries = {newDelivery(first.task_id, "hook")};
+  MUST(store().finish(first.task_id, c1.lease_token, ok));
+  Outcome clash;
+  clash.status = BuildStatus::kFailed;
+  clash.deliveries = {newDelivery(second.task_id, "log"), newDelivery(first.task_id, "hook")};
+  ASSERT_ERROR(store().finish(second.task_id, c2.lease_token, clash), ErrorCode::kConflict);
+  EXPECT_EQ(get(second.task_id).status, BuildStatus::kRunning);
+  EXPECT_TRUE(MUST(store().listDeliveries(second.task_id)).empty());
+  EXPECT_EQ(MUST(store().listDeliveries(first.task_id)).size(), 1u);
+
+  clash.deliveries = {newDelivery(second.task_id, "log")};
+  EXPECT_EQ(MUST(store().finish(second.task_id, c2.lease_token, clash)).status,
+            BuildStatus::kFailed);
+  EXPECT_EQ(MUST(store().listDeliveries(second.task_id)).size(), 1u);
+}
+
+TEST_P(StoreContract, DeliveriesOfAnUnknownBuildAreNotFound) {
+  ASSERT_ERROR(store().listDeliveries(domain::newTaskId()), ErrorCode::kNotFound);
+  ASSERT_ERROR(store().recordDeliveryAttempt(424242, "d1", attemptAt(true, "HTTP 204"), {}),
+               ErrorCode::kNotFound);
+}
+
+TEST_P(StoreContract, ClaimDueDeliveriesLeasesEachToOneOwner) {
+  MUST(store().createProject(project("demo")));
+  const Build b = enqueue("demo");
+  const Claim c = claimOne("w1");
+  Outcome o;
+  o.deliveries = {newDelivery(b.task_id, "a"), newDelivery(b.task_id, "b"),
+                  newDelivery(b.task_id, "c")};
+  MUST(store().finish(c.build.task_id, c.lease_token, o));
+  const std::vector<int64_t> all = deliveryIds(MUST(store().listDeliveries(b.task_id)));
+
+  ASSERT_ERROR(store().claimDueDeliveries("d1", 0, 30s), ErrorCode::kInvalidArgument);
+  const std::vector<Delivery> first = MUST(store().claimDueDeliveries("d1", 2, 30s));
+  ASSERT_EQ(first.size(), 2u);
+  EXPECT_EQ(first[0].id, all[0]);  // oldest due first
+  EXPECT_EQ(first[1].id, all[1]);
+  EXPECT_EQ(first[0].payload, o.deliveries[0].payload);
+  EXPECT_EQ(first[0].state, DeliveryState::kPending);
+  const std::vector<Delivery> second = MUST(store().claimDueDeliveries("d2", 10, 30s));
+  ASSERT_EQ(second.size(), 1u);
+  EXPECT_EQ(second[0].id, all[2]);
+  EXPECT_TRUE(MUST(store().claimDueDeliveries("d3", 10, 30s)).empty());
+
+  // Only the owner records an attempt; someone else's or an unleased one is
+  // a conflict.
+  ASSERT_ERROR(store().recordDeliveryAttempt(all[0], "d2", attemptAt(true, "HTTP 204"), {}),
+               ErrorCode::kConflict);
+  ASSERT_OK(store().recordDeliveryAttempt(all[0], "d1", attemptAt(true, "HTTP 204"), {}));
+  ASSERT_OK(store().recordDeliveryAttempt(all[2], "d2", attemptAt(false, "HTTP 500"),
+                                          domain::nowMs() + 60000));
+  ASSERT_ERROR(store().recordDeliveryAttempt(all[2], "d2", attemptAt(true, "HTTP 204"), {}),
+               ErrorCode::kConflict);
+}
+
+TEST_P(StoreContract, AnExpiredDeliveryLeaseIsClaimedAgainAndTheStaleOwnerCannotRecord) {
+  MUST(store().createProject(project("demo")));
+  const Build b = enqueue("demo");
+  const Claim c = claimOne("w1");
+  Outcome o;
+  o.deliveries = {newDelivery(b.task_id, "hook")};
+  MUST(store().finish(c.build.task_id, c.lease_token, o));
+  const std::vector<Delivery> stale = MUST(store().claimDueDeliveries("d1", 10, 50ms));
+  ASSERT_EQ(stale.size(), 1u);
+  EXPECT_TRUE(MUST(store().claimDueDeliveries("d2", 10, 30s)).empty());
+  std::this_thread::sleep_for(150ms);
+  const std::vector<Delivery> fresh = MUST(store().claimDueDeliveries("d2", 10, 30s));
+  ASSERT_EQ(fresh.size(), 1u);
+  EXPECT_EQ(fresh[0].id, stale[0].id);
+  EXPECT_EQ(fresh[0].event_id, stale[0].event_id);
+  ASSERT_ERROR(store().recordDeliveryAttempt(stale[0].id, "d1", attemptAt(true, "HTTP 204"), {}),
+               ErrorCode::kConflict);
+  const Delivery done =
+      MUST(store().recordDeliveryAttempt(fresh[0].id, "d2", attemptAt(true, "HTTP 204"), {}));
+  EXPECT_EQ(done.state, DeliveryState::kDelivered);
+  EXPECT_EQ(done.attempts, 1);
+}
+
+TEST_P(StoreContract, FailedAttemptsRetryWhenDueThenDeliverWithEveryAttemptRecorded) {
+  MUST(store().createProject(project("demo")));
+  const Build b = enqueue("demo");
+  const Claim c = claimOne("w1");
+  Outcome o;
+  o.deliveries = {newDelivery(b.task_id, "hook", "https://example.test/cb")};
+  MUST(store().finish(c.build.task_id, c.lease_token, o));
+  const int64_t id = MUST(store().claimDueDeliveries("d1", 1, 30s)).at(0).id;
+
+  const DeliveryAttempt first = attemptAt(false, "HTTP 500 from https://example.test/cb: oops", 31);
+  const domain::TimeMs due = domain::nowMs() + 300;
+  const Delivery retry = MUST(store().recordDeliveryAttempt(id, "d1", first, due));
+  EXPECT_EQ(retry.state, DeliveryState::kPending);
+  EXPECT_EQ(retry.attempts, 1);
+  EXPECT_EQ(retry.next_attempt_at, std::optional<domain::TimeMs>(due));
+  EXPECT_EQ(retry.last_error, first.detail);
+  EXPECT_FALSE(retry.delivered_at.has_value());
+  // Not due yet.
+  EXPECT_TRUE(MUST(store().claimDueDeliveries("d1", 10, 30s)).empty());
+  std::this_thread::sleep_for(450ms);
+  const std::vector<Delivery> again = MUST(store().claimDueDeliveries("d1", 10, 30s));
+  ASSERT_EQ(again.size(), 1u);
+  EXPECT_EQ(again[0].attempts, 1);
+
+  const DeliveryAttempt second = attemptAt(true, "HTTP 204", 7);
+  const Delivery done = MUST(store().recordDeliveryAttempt(id, "d1", second, std::nullopt));
+  EXPECT_EQ(done.state, DeliveryState::kDelivered);
+  EXPECT_EQ(done.attempts, 2);
+  EXPECT_FALSE(done.next_attempt_at.has_value());
+  ASSERT_TRUE(done.delivered_at.has_value());
+  EXPECT_EQ(done.last_error, "");
+  EXPECT_TRUE(MUST(store().claimDueDeliveries("d1", 10, 30s)).empty());
+
+  const std::vector<Delivery> list = MUST(store().listDeliveries(b.task_id));
+  ASSERT_EQ(list.size(), 1u);
+  EXPECT_EQ(list[0].state, DeliveryState::kDelivered);
+  ASSERT_EQ(list[0].attempt_log.size(), 2u);
+  DeliveryAttempt want1 = first, want2 = second;
+  want1.attempt = 1;
+  want2.attempt = 2;
+  EXPECT_EQ(list[0].attempt_log[0], want1);
+  EXPECT_EQ(list[0].attempt_log[1], want2);
+  // Final: nothing more is recorded.
+  ASSERT_ERROR(store().recordDeliveryAttempt(id, "d1", attemptAt(false, "late"), due),
+               ErrorCode::kConflict);
+}
+
+TEST_P(StoreContract, AFailedAttemptWithoutANextTimeGivesUp) {
+  MUST(store().createProject(project("demo")));
+  const Build b = enqueue("demo");
+  const Claim c = claimOne("w1");
+  Outcome o;
+  o.deliveries = {newDelivery(b.task_id, "hook")};
+  MUST(store().finish(c.build.task_id, c.lease_token, o));
+  const int64_t id = MUST(store().claimDueDeliveries("d1", 1, 30s)).at(0).id;
+  const Delivery failed = MUST(store().recordDeliveryAttempt(
+      id, "d1", attemptAt(false, "notifier instance \"gone\" is not configured"), std::nullopt));
+  EXPECT_EQ(failed.state, DeliveryState::kFailed);
+  EXPECT_EQ(failed.attempts, 1);
+  EXPECT_FALSE(failed.next_attempt_at.has_value());
+  EXPECT_THAT(failed.last_error, HasSubstr("gone"));
+  EXPECT_TRUE(MUST(store().claimDueDeliveries("d1", 10, 30s)).empty());
+  const std::vector<Delivery> list = MUST(store().listDeliveries(b.task_id));
+  ASSERT_EQ(list.size(), 1u);
+  EXPECT_EQ(list[0].state, DeliveryState::kFailed);
+  ASSERT_EQ(list[0].attempt_log.size(), 1u);
+  EXPECT_FALSE(list[0].attempt_log[0].ok);
+}
+
+// A plan that records what it was asked and queues one delivery per call.
+struct RecordingPlan {
+  std::vector<std::pair<Build, Outcome>> calls;
+  std::string payload_override;
+  ports::DeliveryPlan plan() {
+    return [this](const Build& b, const Outcome& o) {
+      calls.emplace_back(b, o);
+      NewDelivery d = newDelivery(b.task_id, "hook", "https://example.test/cb");
+      if (!payload_override.empty()) d.payload = payload_override;
+      return std::vector<NewDelivery>{d};
+    };
+  }
+};
+
+TEST_P(StoreContract, CancellingAPendingBuildQueuesItsPlannedDeliveries) {
+  MUST(store().createProject(project("demo")));
+  const Build running = enqueue("demo", "a");
+  const Claim c = claimOne("w1");
+  const Build pending = enqueue("demo", "b");
+  RecordingPlan recorder;
+
+  // A running build only gets the request; its worker plans at finish().
+  MUST(store().requestCancel(running.task_id, "stop", recorder.plan()));
+  EXPECT_TRUE(recorder.calls.empty());
+  EXPECT_TRUE(MUST(store().listDeliveries(running.task_id)).empty());
+
+  const Build cancelled =
+      MUST(store().requestCancel(pending.task_id, "changed my mind", recorder.plan()));
+  EXPECT_EQ(cancelled.status, BuildStatus::kCancelled);
+  ASSERT_EQ(recorder.calls.size(), 1u);
+  EXPECT_EQ(recorder.calls[0].first.task_id, pending.task_id);
+  EXPECT_EQ(recorder.calls[0].second.status, BuildStatus::kCancelled);
+  EXPECT_EQ(recorder.calls[0].second.error_kind, ErrorKind::kCancelled);
+  EXPECT_THAT(recorder.calls[0].second.error, HasSubstr("changed my mind"));
+  const std::vector<Delivery> list = MUST(store().listDeliveries(pending.task_id));
+  ASSERT_EQ(list.size(), 1u);
+  EXPECT_EQ(list[0].state, DeliveryState::kPending);
+  EXPECT_EQ(list[0].target, "https://example.test/cb");
+  EXPECT_EQ(MUST(store().claimDueDeliveries("d1", 10, 30s)).size(), 1u);
+  (void)c;
+}
+
+TEST_P(StoreContract, ACancelWhosePlanIsRefusedChangesNothing) {
+  MUST(store().createProject(project("demo")));
+  const Build pending = enqueue("demo");
+  RecordingPlan recorder;
+  recorder.payload_override = "[1, 2]";  // not an object
+  ASSERT_ERROR(store().requestCancel(pending.task_id, "x", recorder.plan()),
+               ErrorCode::kInvalidArgument);
+  EXPECT_EQ(get(pending.task_id).status, BuildStatus::kPending);
+  EXPECT_TRUE(MUST(store().listDeliveries(pending.task_id)).empty());
+  EXPECT_EQ(claimOne("w1").build.task_id, pending.task_id);
+}
+
+TEST_P(StoreContract, TheReaperQueuesThePlannedDeliveriesOfTheBuildsItFails) {
+  MUST(store().createProject(project("demo", 2)));
+  const Build last_try = enqueue("demo", "a", /*max_attempts=*/1);
+  const Build more = enqueue("demo", "b", /*max_attempts=*/3);
+  claimOne("w1", 50ms);
+  claimOne("w1", 50ms);
+  std::this_thread::sleep_for(150ms);
+  RecordingPlan recorder;
+  EXPECT_EQ(MUST(store().reapExpiredLeases(recorder.plan())), 2);
+  EXPECT_EQ(get(last_try.task_id).status, BuildStatus::kFailed);
+  EXPECT_EQ(get(more.task_id).status, BuildStatus::kPending);  // another attempt: no plan
+  ASSERT_EQ(recorder.calls.size(), 1u);
+  EXPECT_EQ(recorder.calls[0].first.task_id, last_try.task_id);
+  EXPECT_EQ(recorder.calls[0].second.status, BuildStatus::kFailed);
+  EXPECT_EQ(recorder.calls[0].second.error_kind, ErrorKind::kInfrastructure);
+  EXPECT_THAT(recorder.calls[0].second.error, HasSubstr("was lost"));
+  EXPECT_EQ(MUST(store().listDeliveries(last_try.task_id)).size(), 1u);
+  EXPECT_TRUE(MUST(store().listDeliveries(more.task_id)).empty());
+}
+
+TEST_P(StoreContract, TheReaperDropsARefusedPlanButStillFailsTheLostBuild) {
+  MUST(store().createProject(project("demo")));
+  const Build b = enqueue("demo", "a", /*max_attempts=*/1);
+  claimOne("w1", 50ms);
+  std::this_thread::sleep_for(150ms);
+  RecordingPlan recorder;
+  recorder.payload_override = "not json";
+  EXPECT_EQ(MUST(store().reapExpiredLeases(recorder.plan())), 1);
+  EXPECT_EQ(get(b.task_id).status, BuildStatus::kFailed);
+  EXPECT_TRUE(MUST(store().listDeliveries(b.task_id)).empty());
+}
+
+TEST_P(StoreContract, ConcurrentDeliveryClaimsThroughTwoStoresNeverOverlap) {
+  MUST(store().createProject(project("demo", 4)));
+  std::set<int64_t> queued;
+  for (int i = 0; i < 6; ++i) {
+    const Build b = enqueue("demo", "branch-" + std::to_string(i));
+    const Claim c = claimOne("w1");
+    Outcome o;
+    for (const char* n : {"a", "b", "c", "d"}) o.deliveries.push_back(newDelivery(b.task_id, n));
+    MUST(store().finish(c.build.task_id, c.lease_token, o));
+    for (int64_t id : deliveryIds(MUST(store().listDeliveries(b.task_id)))) queued.insert(id);
+  }
+  ASSERT_EQ(queued.size(), 24u);
+  std::unique_ptr<Store> other = MUST(backend().open());
+  std::mutex mu;
+  std::vector<int64_t> claimed;
+  std::atomic<bool> failed{false};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 6; ++t) {
+    Store* s = t % 2 == 0 ? &store() : other.get();
+    threads.emplace_back([&, s, t] {
+      while (true) {
+        auto got = s->claimDueDeliveries("d" + std::to_string(t), 3, 30s);
+        if (!got.ok()) {
+          failed = true;
+          return;
+        }
+        if (got->empty()) return;
+        std::lock_guard<std::mutex> lock(mu);
+        for (const Delivery& d : *got) claimed.push_back(d.id);
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  ASSERT_FALSE(failed.load());
+  std::sort(claimed.begin(), claimed.end());
+  EXPECT_THAT(claimed, ElementsAreArray(std::vector<int64_t>(queued.begin(), queued.end())));
 }
 
 INSTANTIATE_TEST_SUITE_P(Stores, StoreContract, ::testing::Values("sqlite", "postgres"),

@@ -22,6 +22,12 @@ std::string randomSuffix() {
 }
 }  // namespace
 
+void makeBareRepository(const std::string& path) {
+  std::filesystem::create_directories(path);
+  const auto r = run({"/usr/bin/git", "init", "--bare", "--quiet", "--initial-branch=main", path});
+  if (r.code != 0) throw std::runtime_error("git init --bare " + path + " failed: " + r.err);
+}
+
 TestDatabase::TestDatabase() {
   const char* admin = std::getenv("KILN_TEST_PG_URL");
   if (admin == nullptr || *admin == '\0') {

@@ -26,6 +26,9 @@ class TestDatabase {
   std::string url_;
 };
 
+// `git init --bare` with main as its default branch (parents created).
+void makeBareRepository(const std::string& path);
+
 class KilnServer {
  public:
   // `config_yaml` must listen on 127.0.0.1:0. Throws if kiln does not start.

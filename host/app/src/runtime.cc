@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <filesystem>
 
+#include "host_services.h"
 #include "kiln/store/open.h"
 
 namespace kiln::app {
@@ -16,7 +17,8 @@ InstallLayout installLayout() {
   fs::path exe = fs::read_symlink("/proc/self/exe", ec);
   const fs::path bin = ec ? fs::current_path() : exe.parent_path();
   return InstallLayout{(bin / KILN_PLUGIN_DIR_FROM_BIN).lexically_normal().string(),
-                       (bin / KILN_TEMPLATE_DIR_FROM_BIN).lexically_normal().string()};
+                       (bin / KILN_TEMPLATE_DIR_FROM_BIN).lexically_normal().string(),
+                       (bin / KILN_AGENT_DIR_FROM_BIN).lexically_normal().string()};
 }
 
 config::EnvLookup configEnvironment(const InstallLayout& layout, const std::string& config_path) {
@@ -27,6 +29,7 @@ config::EnvLookup configEnvironment(const InstallLayout& layout, const std::stri
     if (const char* v = std::getenv(name.c_str())) return std::string(v);
     if (name == "KILN_PLUGIN_DIR") return layout.plugin_dir;
     if (name == "KILN_TEMPLATE_DIR") return layout.template_dir;
+    if (name == "KILN_AGENT_DIR") return layout.agent_dir;
     if (name == "KILN_CONFIG_DIR") return config_dir;
     return std::nullopt;
   };
@@ -67,9 +70,7 @@ BootResult boot(const std::string& config_path, bool create_instances) {
   std::vector<std::string> dirs;
   if (rt.config.plugins.bundled) dirs.push_back(layout.plugin_dir);
   for (const auto& d : rt.config.plugins.directories) dirs.push_back(d);
-  plugins::HostServices services;
-  services.secrets = rt.config.secrets;
-  rt.registry = loadWith(dirs, &out.errors, std::move(services));
+  rt.registry = loadWith(dirs, &out.errors, makeHostServices(rt.config));
 
   std::map<domain::PluginRef, config::PluginSchemaInfo> schemas;
   for (const auto* info : rt.registry->list()) {

@@ -15,16 +15,18 @@
 namespace kiln::app {
 
 // Where the running kiln binary keeps its bundled files (bin/../lib/kiln/plugins,
-// bin/../share/kiln/templates), in the build tree and once installed alike.
+// bin/../share/kiln/templates, bin/../share/kiln/agents), in the build tree
+// and once installed alike.
 struct InstallLayout {
   std::string plugin_dir;
   std::string template_dir;
+  std::string agent_dir;  // bundled agent programs (the demo agent)
 };
 InstallLayout installLayout();
 
 // The environment the configuration sees: the process environment plus,
-// unless set there, KILN_PLUGIN_DIR and KILN_TEMPLATE_DIR (the bundled
-// folders) and KILN_CONFIG_DIR (the folder of `config_path`), so that plugin
+// unless set there, KILN_PLUGIN_DIR, KILN_TEMPLATE_DIR and KILN_AGENT_DIR (the
+// bundled folders) and KILN_CONFIG_DIR (the folder of `config_path`), so that plugin
 // configs can name paths relative to the file, which kiln cannot do for them.
 config::EnvLookup configEnvironment(const InstallLayout& layout, const std::string& config_path);
 

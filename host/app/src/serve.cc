@@ -15,6 +15,7 @@
 #include "kiln/services/build_service.h"
 #include "kiln/services/worker_pool.h"
 #include "kiln/worker/plugin_executor.h"
+#include "notifications.h"
 #include "runtime.h"
 
 namespace kiln::app {
@@ -82,6 +83,9 @@ worker::StageResolver stageResolver(const Runtime& rt) {
     auto ci = pick(b.ci_trigger, "ci_trigger");
     if (!ci.ok()) return ci.error();
     stages.ci_trigger = *ci;
+    stages.push_to_task_branch = it != rt.config.projects.end()
+                                     ? it->second.push_to_task_branch
+                                     : rt.config.defaults.push_to_task_branch;
     for (const auto& n : b.notifiers.value_or(std::vector<std::string>{})) {
       auto notifier = pick(n, "notifier");
       if (!notifier.ok()) return notifier.error();
@@ -146,17 +150,55 @@ int serve(const ServeOptions& options, std::ostream& out, std::ostream& err) {
     e.fields.emplace_back(missing_variable ? "variables" : "template", e.message);
     return e;
   };
+  bo.create_repository = [&resolve](const domain::Project& project) -> Result<std::string> {
+    auto stages = resolve(project);
+    if (!stages.ok()) return stages.error();
+    if (!stages->git_host || !stages->git_host->supports(plugins::Operation::kCreateRepository)) {
+      return Error{ErrorCode::kInvalidArgument,
+                   "repo_url is required: the default git host cannot create repositories",
+                   false,
+                   {{"project.repo_url", "repo_url is required"}}};
+    }
+    const nlohmann::json request = {{"name", project.id},
+                                    {"description", "Created by kiln for project " + project.id},
+                                    {"private", true},
+                                    {"default_branch", project.default_branch}};
+    auto created = stages->git_host->invoke(plugins::Operation::kCreateRepository, request.dump());
+    if (!created.ok()) return created.error();
+    const auto answer = nlohmann::json::parse(created.value(), nullptr, false);
+    if (!answer.is_object() || !answer.contains("repo_url") || !answer["repo_url"].is_string()) {
+      return makeError(ErrorCode::kPluginBug, "git host \"" + stages->git_host->name() +
+                                                  "\" created a repository without a repo_url");
+    }
+    return answer["repo_url"].get<std::string>();
+  };
+  // Notifications: planned into the outbox with each terminal transition,
+  // sent by the dispatcher (woken when a build becomes terminal).
+  services::NotificationDispatcherOptions no;
+  no.owner = workerId();
+  no.notify = notifyThroughPlugins(rt);
+  no.first_backoff = std::chrono::seconds(rt.config.server.delivery_backoff_s);
+  no.max_age = std::chrono::seconds(rt.config.server.delivery_max_age_s);
+  services::NotificationDispatcher dispatcher(**store, no);
+  const services::DeliveryPlanner planner(deliveryPlanning(rt));
+  const ports::DeliveryPlan plan_deliveries =
+      [&planner](const domain::Build& b, const ports::Outcome& o) { return planner.plan(b, o); };
+  bo.plan_deliveries = plan_deliveries;
+  bo.on_terminal = [&dispatcher] { dispatcher.wake(); };
   services::BuildService builds(**store, bo);
   worker::PluginExecutorOptions eo;
-  eo.workspace_root =
-      (std::filesystem::temp_directory_path() / ("kiln-workspaces-" + std::to_string(getpid())))
-          .string();
+  eo.data_dir = rt.config.server.data_dir.empty()
+                    ? (std::filesystem::path(rt.config.base_dir) / "kiln-data").string()
+                    : rt.config.server.data_dir;
+  eo.workspace_root = (std::filesystem::path(eo.data_dir) / "workspaces").string();
   worker::PluginExecutor executor(resolve, eo);
   services::WorkerPoolOptions wo;
   wo.slots = rt.config.server.workers;
   wo.worker_id = workerId();
   wo.lease = std::chrono::seconds(rt.config.server.lease_s);
   wo.heartbeat = std::chrono::milliseconds(rt.config.server.lease_s * 1000 / 3);
+  wo.plan_deliveries = plan_deliveries;
+  wo.on_terminal = [&dispatcher] { dispatcher.wake(); };
   services::WorkerPool pool(**store, executor, wo);
 
   auto router = std::make_shared<http::Router>();
@@ -174,6 +216,10 @@ int serve(const ServeOptions& options, std::ostream& out, std::ostream& err) {
     return http::jsonResponse(200, body);
   });
   http::addBuildApi(*router, builds);
+  http::addDeliveryApi(*router, **store);
+  http::addBuildFilesApi(
+      *router, **store, [&executor](const std::string& id) { return executor.logPath(id); },
+      [&executor](const std::string& id) { return executor.artifactDir(id); });
 
   http::Server server(so, router);
   if (auto started = server.start(); !started.ok()) {
@@ -181,6 +227,7 @@ int serve(const ServeOptions& options, std::ostream& out, std::ostream& err) {
     return 1;
   }
   pool.start();
+  dispatcher.start();
   const std::string shown_host =
       so.host.find(':') != std::string::npos ? "[" + so.host + "]" : so.host;
   const size_t n_inst = rt.instances.size(), n_proj = rt.config.projects.size();
@@ -196,6 +243,7 @@ int serve(const ServeOptions& options, std::ostream& out, std::ostream& err) {
   const auto t0 = std::chrono::steady_clock::now();
   server.stop();
   pool.drain(std::chrono::seconds(rt.config.server.shutdown_grace_s));
+  dispatcher.stop();     // its notifiers are plugin instances
   rt.instances.clear();  // destroy instances before their libraries unload
   const auto ms =
       std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0)

@@ -45,17 +45,18 @@ constexpr int64_t kInt64Max = std::numeric_limits<int64_t>::max();
 const std::vector<std::string> kTopKeys = {"server",    "store",    "plugins", "secrets",
                                            "instances", "defaults", "projects"};
 const std::vector<std::string> kServerKeys = {
-    "listen",           "workers",      "max_body_bytes", "max_prompt_bytes",
-    "shutdown_grace_s", "max_attempts", "lease_s"};
+    "listen",       "workers", "max_body_bytes",     "max_prompt_bytes",  "shutdown_grace_s",
+    "max_attempts", "lease_s", "delivery_backoff_s", "delivery_max_age_s"};
 const std::vector<std::string> kStoreKeys = {"sqlite", "postgres"};
 const std::vector<std::string> kSqliteKeys = {"path"};
 const std::vector<std::string> kPostgresKeys = {"url", "url_file"};
 const std::vector<std::string> kPluginsKeys = {"bundled", "directories"};
 const std::vector<std::string> kInstanceKeys = {"plugin", "config"};
 const std::vector<std::string> kProjectKeys = {
-    "repo_url",           "default_branch", "agent",     "template_provider",
-    "git_host",           "ci_trigger",     "notifiers", "max_running_builds",
-    "max_pending_builds", "max_timeout_s"};
+    "repo_url",          "default_branch",     "agent",
+    "template_provider", "git_host",           "ci_trigger",
+    "notifiers",         "max_running_builds", "max_pending_builds",
+    "max_timeout_s",     "push_to_task_branch"};
 
 const std::string kNameRule =
     "must match ^[a-z0-9][a-z0-9._-]{0,62}$ (lowercase letters, digits, \".\", \"_\" and "
@@ -134,6 +135,7 @@ struct ProjectFields {
   std::optional<int> max_running_builds;
   std::optional<int> max_pending_builds;
   std::optional<int> max_timeout_s;
+  std::optional<bool> push_to_task_branch;
 };
 
 class Loader {
@@ -186,6 +188,7 @@ class Loader {
     d.max_running_builds = defaults.max_running_builds.value_or(d.max_running_builds);
     d.max_pending_builds = defaults.max_pending_builds.value_or(d.max_pending_builds);
     d.max_timeout_s = defaults.max_timeout_s.value_or(d.max_timeout_s);
+    d.push_to_task_branch = defaults.push_to_task_branch.value_or(d.push_to_task_branch);
     checkBindings();
   }
 
@@ -341,6 +344,16 @@ class Loader {
         if (auto v = readInt(e, label, 1, 100)) server.max_attempts = static_cast<int>(*v);
       } else if (e.key == "lease_s") {
         if (auto v = readInt(e, label, 3, 3600)) server.lease_s = static_cast<int>(*v);
+      } else if (e.key == "delivery_backoff_s") {
+        if (auto v = readInt(e, label, 1, 3600)) server.delivery_backoff_s = static_cast<int>(*v);
+      } else if (e.key == "delivery_max_age_s") {
+        if (auto v = readInt(e, label, 1, 30 * 24 * 3600)) {
+          server.delivery_max_age_s = static_cast<int>(*v);
+        }
+      } else if (e.key == "data_dir") {
+        if (auto v = readString(e, label, true)) {
+          server.data_dir = internal::resolvePath(ctx_.baseDir(), v->text);
+        }
       } else {
         unknownKey(e, "in server", kServerKeys);
       }
@@ -591,6 +604,8 @@ class Loader {
         if (auto v = readInt(e, labelOf(e.key), 1, kIntMax)) {
           fields->max_timeout_s = static_cast<int>(*v);
         }
+      } else if (e.key == "push_to_task_branch") {
+        if (auto v = readBool(e, labelOf(e.key))) fields->push_to_task_branch = *v;
       } else if (is_defaults) {
         std::vector<std::string> keys(kProjectKeys.begin() + 1, kProjectKeys.end());
         unknownKey(e, "in defaults", keys);
@@ -634,6 +649,8 @@ class Loader {
           defaults.max_pending_builds.value_or(project.max_pending_builds));
       project.max_timeout_s =
           fields.max_timeout_s.value_or(defaults.max_timeout_s.value_or(project.max_timeout_s));
+      project.push_to_task_branch = fields.push_to_task_branch.value_or(
+          defaults.push_to_task_branch.value_or(project.push_to_task_branch));
       config_->projects[pe.key] = std::move(project);
     }
   }

@@ -1,5 +1,9 @@
 #include "kiln/http/api.h"
 
+#include <algorithm>
+#include <fstream>
+#include <sstream>
+
 #include <Poco/DigestEngine.h>
 #include <Poco/SHA2Engine.h>
 #include <nlohmann/json.hpp>
@@ -76,7 +80,8 @@ json buildWithLinks(const domain::Build& b) {
   return j;
 }
 
-std::optional<domain::Project> projectFrom(const json& body, Response* error) {
+std::optional<domain::Project> projectFrom(const json& body, Response* error,
+                                           bool repo_url_required = true) {
   if (!body.is_object()) {
     *error = invalid("the project must be a JSON object", {{"", "expected an object"}});
     return std::nullopt;
@@ -112,7 +117,9 @@ std::optional<domain::Project> projectFrom(const json& body, Response* error) {
     }
   }
   if (!body.contains("id")) fields.emplace_back("id", "id is required");
-  if (!body.contains("repo_url")) fields.emplace_back("repo_url", "repo_url is required");
+  if (repo_url_required && !body.contains("repo_url")) {
+    fields.emplace_back("repo_url", "repo_url is required");
+  }
   if (!fields.empty()) {
     *error = invalid(fields.front().second, fields);
     return std::nullopt;
@@ -334,7 +341,8 @@ void addBuildApi(Router& router, services::BuildService& service) {
                            {{key, "unknown field (expected project and build)"}});
           }
         }
-        auto project = projectFrom((*body)["project"], &error);
+        // Without repo_url the project's git host creates the repository.
+        auto project = projectFrom((*body)["project"], &error, false);
         if (!project) return error;
         std::vector<domain::FieldError> problems;
         auto spec = codec::parseSpec((*body)["build"], &problems);
@@ -346,6 +354,40 @@ void addBuildApi(Router& router, services::BuildService& service) {
         auto build = service.createAndBuild(*project, *spec);
         return build.ok() ? accepted(*build) : problemFor(build.error());
       }));
+}
+
+void addBuildFilesApi(Router& router, ports::Store& store,
+                      std::function<std::string(const std::string&)> log_path,
+                      std::function<std::string(const std::string&)> artifact_dir) {
+  router.add("GET", "/builds/{task_id}/log", [&store, log_path](const Request& req) -> Response {
+    auto build = store.getBuild(req.params.at("task_id"));
+    if (!build.ok()) return problemFor(build.error());
+    std::ifstream in(log_path(build->task_id), std::ios::binary);
+    std::stringstream text;
+    if (in) text << in.rdbuf();  // a build that has not started has no log yet
+    return Response{200, "text/plain; charset=utf-8", text.str(), {}};
+  });
+  router.add("GET", "/builds/{task_id}/artifacts/{name}",
+             [&store, artifact_dir](const Request& req) -> Response {
+               auto build = store.getBuild(req.params.at("task_id"));
+               if (!build.ok()) return problemFor(build.error());
+               const std::string& name = req.params.at("name");
+               const bool declared =
+                   build->result &&
+                   std::any_of(build->result->artifacts.begin(), build->result->artifacts.end(),
+                               [&](const domain::Artifact& a) { return a.name == name; });
+               std::ifstream in(artifact_dir(build->task_id) + "/" + name, std::ios::binary);
+               if (!declared || !in) {
+                 return problem(404, "not-found", "Not found",
+                                "build " + build->task_id + " has no artifact \"" + name + "\"");
+               }
+               std::stringstream data;
+               data << in.rdbuf();
+               Response r{200, "application/octet-stream", data.str(), {}};
+               r.headers.emplace_back("Content-Disposition",
+                                      "attachment; filename=\"" + name + "\"");
+               return r;
+             });
 }
 
 }  // namespace kiln::http

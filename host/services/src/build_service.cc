@@ -71,9 +71,26 @@ Result<Build> BuildService::createAndBuild(const Project& project_in, const Buil
   Project project = project_in;
   project.source = "api";
   project.created_at = domain::nowMs();
+  const bool create_repository = project.repo_url.empty();
+  if (create_repository) project.repo_url = "(created by the git host)";
   if (auto valid = validateProject(project); !valid.ok()) return valid.error();
   auto build = prepare(project, spec);
   if (!build.ok()) return build.error();
+  if (create_repository) {
+    if (!options_.create_repository) {
+      return Error{ErrorCode::kInvalidArgument,
+                   "repo_url is required: no git host is configured to create repositories",
+                   false,
+                   {{"project.repo_url", "repo_url is required"}}};
+    }
+    // Refuse an existing project before creating anything outside the store.
+    if (store_.getProject(project.id).ok()) {
+      return makeError(ErrorCode::kConflict, "project \"" + project.id + "\" already exists");
+    }
+    auto url = options_.create_repository(project);
+    if (!url.ok()) return url.error();
+    project.repo_url = *url;
+  }
   return store_.createProjectAndEnqueue(project, *build);
 }
 
@@ -85,7 +102,11 @@ Result<Project> BuildService::createProject(Project project) {
 }
 
 Result<Build> BuildService::cancel(const std::string& task_id) {
-  return store_.requestCancel(task_id, "cancelled through the API");
+  auto after = store_.requestCancel(task_id, "cancelled through the API", options_.plan_deliveries);
+  if (after.ok() && after->status == domain::BuildStatus::kCancelled && options_.on_terminal) {
+    options_.on_terminal();
+  }
+  return after;
 }
 
 Result<Build> BuildService::retry(const std::string& task_id) {

@@ -45,8 +45,10 @@ void WorkerPool::slotLoop(int slot) {
       const auto now = std::chrono::steady_clock::now();
       if (now - last_reap_ >= options_.reap_every) {
         last_reap_ = now;
-        if (auto reaped = store_.reapExpiredLeases(); reaped.ok() && *reaped > 0) {
+        auto reaped = store_.reapExpiredLeases(options_.plan_deliveries);
+        if (reaped.ok() && *reaped > 0) {
           log("returned " + std::to_string(*reaped) + " build(s) with expired leases");
+          if (options_.on_terminal) options_.on_terminal();  // some may have failed
         }
       }
     }
@@ -108,6 +110,12 @@ void WorkerPool::runOne(ports::Claim claim) {
   } else if (active->stop_for_drain && !active->cancel_requested) {
     auto released = store_.release(task_id, active->lease_token, "worker draining");
     if (!released.ok()) log("build " + task_id + ": release failed: " + released.error().message);
+  } else if (outcome.retryable && outcome.status == BuildStatus::kFailed &&
+             !active->cancel_requested && claim.build.attempts < claim.build.max_attempts) {
+    // Infrastructure trouble that may pass: another attempt, not a failure.
+    auto released =
+        store_.release(task_id, active->lease_token, "retrying after: " + outcome.error);
+    if (!released.ok()) log("build " + task_id + ": release failed: " + released.error().message);
   } else {
     if (active->cancel_requested) {
       outcome.status = BuildStatus::kCancelled;
@@ -115,9 +123,18 @@ void WorkerPool::runOne(ports::Claim claim) {
       if (outcome.error.empty()) outcome.error = "cancelled while running";
     }
     if (outcome.error.empty()) outcome.error = outcome.result.error;
+    if (options_.plan_deliveries) {
+      try {
+        outcome.deliveries = options_.plan_deliveries(claim.build, outcome);
+      } catch (const std::exception& e) {
+        log("build " + task_id + ": cannot plan its notifications: " + e.what());
+      }
+    }
     auto finished = store_.finish(task_id, active->lease_token, outcome);
     if (!finished.ok()) {
       log("build " + task_id + ": could not record the outcome: " + finished.error().message);
+    } else if (options_.on_terminal) {
+      options_.on_terminal();
     }
   }
   ++finished_;

@@ -33,6 +33,7 @@
 #include <nlohmann/json.hpp>
 #include <pqxx/pqxx>
 
+#include "deliveries.h"
 #include "kiln/codec/build_json.h"
 #include "kiln/domain/build.h"
 #include "kiln/store/open.h"
@@ -47,6 +48,9 @@ namespace {
 using domain::Build;
 using domain::BuildEvent;
 using domain::BuildStatus;
+using domain::Delivery;
+using domain::DeliveryAttempt;
+using domain::DeliveryState;
 using domain::ErrorKind;
 using domain::Project;
 using domain::TimeMs;
@@ -65,6 +69,9 @@ const std::string kBuildColumns =
     "b.task_id, b.project_id, b.branch, b.status, b.spec::text, b.result::text, b.attempts, "
     "b.max_attempts, b.error_kind, b.error, kiln_ms(b.created_at), kiln_ms(b.started_at), "
     "kiln_ms(b.finished_at), b.worker_id, b.composition::text, b.retry_of, b.cancel_requested";
+const std::string kDeliveryColumns =
+    "d.id, d.task_id, d.notifier, d.target, d.event_id, d.payload, d.state, d.attempts, "
+    "kiln_ms(d.next_attempt_at), kiln_ms(d.created_at), kiln_ms(d.delivered_at), d.last_error";
 const std::string kProjectColumns =
     "id, repo_url, default_branch, source, max_running_builds, max_pending_builds, "
     "max_timeout_s, kiln_ms(created_at)";
@@ -73,6 +80,7 @@ const std::string kProjectColumns =
 std::vector<Statement> statements() {
   const std::string& B = kBuildColumns;
   const std::string& P = kProjectColumns;
+  const std::string& D = kDeliveryColumns;
   return {
       {"project_get", "SELECT " + P + " FROM projects WHERE id = $1"},
       // Enqueues of one project serialize here (the pending cap).
@@ -228,6 +236,52 @@ UPDATE idempotency_keys SET state = 'done', status = $2, body = $3, content_type
                             location = $5
  WHERE key = $1 AND state = 'in_progress')"},
       {"idem_abandon", "DELETE FROM idempotency_keys WHERE key = $1 AND state = 'in_progress'"},
+
+      // The outbox. An event id already taken inserts nothing.
+      {"delivery_insert", R"(
+INSERT INTO deliveries (task_id, notifier, target, event_id, payload, state, next_attempt_at)
+VALUES ($1, $2, $3, $4, $5, 'pending', now())
+ON CONFLICT (event_id) DO NOTHING
+RETURNING id)"},
+      // Due, unleased (or lease expired) deliveries, skipping those another
+      // claim is taking right now.
+      {"delivery_claim", R"(
+WITH due AS (
+  SELECT id FROM deliveries
+   WHERE state = 'pending' AND next_attempt_at <= now()
+     AND (lease_expires_at IS NULL OR lease_expires_at <= now())
+   ORDER BY next_attempt_at, id
+   LIMIT $2
+     FOR UPDATE SKIP LOCKED)
+UPDATE deliveries d
+   SET lease_owner = $1, lease_expires_at = now() + $3::bigint * interval '1 millisecond',
+       updated_at = now()
+  FROM due
+ WHERE d.id = due.id
+RETURNING )" + D},
+      {"delivery_lock",
+       "SELECT " + D + ", d.lease_owner FROM deliveries d WHERE d.id = $1 FOR UPDATE"},
+      {"delivery_attempt_insert", R"(
+INSERT INTO delivery_attempts (delivery_id, attempt, at, ok, detail, duration_ms)
+VALUES ($1, $2, kiln_ts($3), $4, $5, $6))"},
+      {"delivery_delivered", R"(
+UPDATE deliveries d
+   SET state = 'delivered', attempts = $2, next_attempt_at = NULL, lease_owner = NULL,
+       lease_expires_at = NULL, delivered_at = now(), last_error = NULL, updated_at = now()
+ WHERE d.id = $1
+RETURNING )" + D},
+      {"delivery_not_delivered", R"(
+UPDATE deliveries d
+   SET state = $2, attempts = $3, next_attempt_at = kiln_ts($4), lease_owner = NULL,
+       lease_expires_at = NULL, last_error = $5, updated_at = now()
+ WHERE d.id = $1
+RETURNING )" + D},
+      {"deliveries_list", "SELECT " + D + " FROM deliveries d WHERE d.task_id = $1 ORDER BY d.id"},
+      {"delivery_attempts_list", R"(
+SELECT a.delivery_id, a.attempt, kiln_ms(a.at), a.ok, a.detail, a.duration_ms
+  FROM delivery_attempts a JOIN deliveries d ON d.id = a.delivery_id
+ WHERE d.task_id = $1
+ ORDER BY a.delivery_id, a.attempt)"},
   };
 }
 
@@ -317,6 +371,30 @@ Build readBuild(const pqxx::row& r, int at = 0) {
   b.retry_of = optText(f(15));
   b.cancel_requested = f(16).as<bool>();
   return b;
+}
+
+// A delivery from kDeliveryColumns.
+Delivery readDelivery(const pqxx::row& r) {
+  Delivery d;
+  d.id = r[0].as<int64_t>();
+  d.task_id = r[1].as<std::string>();
+  d.notifier = r[2].as<std::string>();
+  d.target = text(r[3]);
+  d.event_id = r[4].as<std::string>();
+  d.payload = r[5].as<std::string>();
+  const std::string state = r[6].as<std::string>();
+  const auto parsed = domain::parseDeliveryState(state);
+  if (!parsed) {
+    throw std::runtime_error("delivery " + std::to_string(d.id) + " has an unknown state " +
+                             quoted(state));
+  }
+  d.state = *parsed;
+  d.attempts = r[7].as<int>();
+  d.next_attempt_at = optI64(r[8]);
+  d.created_at = r[9].as<int64_t>();
+  d.delivered_at = optI64(r[10]);
+  d.last_error = text(r[11]);
+  return d;
 }
 
 std::optional<Error> validateProject(const Project& p) {
@@ -500,7 +578,8 @@ class PostgresStore final : public ports::Store {
         });
   }
 
-  Result<Build> requestCancel(const std::string& task_id, const std::string& reason) override {
+  Result<Build> requestCancel(const std::string& task_id, const std::string& reason,
+                              const ports::DeliveryPlan& plan) override {
     bool woke = false;
     auto after = transact<Build>("cancelling a build", [&](pqxx::work& tx) -> Result<Build> {
       woke = false;
@@ -516,8 +595,18 @@ class PostgresStore final : public ports::Store {
       }
       const std::string why = reason.empty() ? "" : ": " + reason;
       if (build.status == BuildStatus::kPending) {
-        const pqxx::result c =
-            tx.exec_prepared("build_cancel_pending", task_id, "cancelled before it started" + why);
+        const std::string error = "cancelled before it started" + why;
+        if (plan) {
+          ports::Outcome outcome;
+          outcome.status = BuildStatus::kCancelled;
+          outcome.error_kind = ErrorKind::kCancelled;
+          outcome.error = error;
+          outcome.result.error = error;
+          const std::vector<ports::NewDelivery> deliveries = plan(build, outcome);
+          if (auto err = validateNewDeliveries(deliveries)) return *err;
+          if (auto err = insertDeliveries(tx, task_id, deliveries)) return *err;
+        }
+        const pqxx::result c = tx.exec_prepared("build_cancel_pending", task_id, error);
         tx.exec_prepared0("task_done", task_id);
         recordEvent(tx, task_id, BuildStatus::kPending, BuildStatus::kCancelled, build.attempts,
                     "cancelled while pending" + why);
@@ -615,6 +704,7 @@ class PostgresStore final : public ports::Store {
             : std::optional<std::string>(codec::toJson(outcome.composition).dump());
     const std::string status = str(domain::statusName(outcome.status));
     const std::string kind_name = str(domain::errorKindName(kind));
+    if (auto err = validateNewDeliveries(outcome.deliveries)) return *err;
 
     auto after = transact<Build>("finishing a build", [&](pqxx::work& tx) -> Result<Build> {
       // An expired but not yet reaped lease still finishes: nobody else has
@@ -630,6 +720,8 @@ class PostgresStore final : public ports::Store {
       if (!error.empty()) message += ": " + error;
       recordEvent(tx, task_id, BuildStatus::kRunning, outcome.status, held->build.attempts,
                   message);
+      // On a taken event id the transaction rolls back: the build stays running.
+      if (auto err = insertDeliveries(tx, task_id, outcome.deliveries)) return *err;
       // The branch and a running slot are free again.
       notifyWork(tx, held->build.project_id);
       return readBuild(r[0]);
@@ -654,7 +746,7 @@ class PostgresStore final : public ports::Store {
     return {};
   }
 
-  Result<int> reapExpiredLeases() override {
+  Result<int> reapExpiredLeases(const ports::DeliveryPlan& plan) override {
     auto reaped = transact<int>("reaping expired leases", [&](pqxx::work& tx) -> Result<int> {
       int count = 0;
       for (const pqxx::row& r : tx.exec_prepared("reap_expired")) {
@@ -667,6 +759,21 @@ class PostgresStore final : public ports::Store {
         if (attempts >= max_attempts) {
           const std::string error = "worker " + owner + " was lost: its lease expired during " +
                                     attempt + " and no attempts are left";
+          std::vector<ports::NewDelivery> deliveries;
+          if (plan) {
+            ports::Outcome outcome;
+            outcome.status = BuildStatus::kFailed;
+            outcome.error_kind = ErrorKind::kInfrastructure;
+            outcome.error = error;
+            outcome.result.error = error;
+            deliveries = plan(readBuild(tx.exec_prepared1("build_get", task_id)), outcome);
+            // Dropped rather than keep a lost build running (store.h).
+            if (validateNewDeliveries(deliveries)) deliveries.clear();
+          }
+          for (const ports::NewDelivery& d : deliveries) {
+            tx.exec_prepared("delivery_insert", task_id, d.notifier, d.target, d.event_id,
+                             d.payload);
+          }
           tx.exec_prepared("build_end", task_id, "failed", nullptr, "infrastructure", error,
                            nullptr);
           tx.exec_prepared0("task_done", task_id);
@@ -757,6 +864,84 @@ class PostgresStore final : public ports::Store {
     return {};
   }
 
+  Result<std::vector<Delivery>> claimDueDeliveries(const std::string& owner, int limit,
+                                                   std::chrono::milliseconds lease) override {
+    if (auto err = validateClaimLimit(limit)) return *err;
+    if (lease.count() <= 0) {
+      return makeError(ErrorCode::kInvalidArgument, "a lease must be longer than 0 ms");
+    }
+    return transact<std::vector<Delivery>>(
+        "claiming due deliveries", [&](pqxx::work& tx) -> Result<std::vector<Delivery>> {
+          std::vector<Delivery> out;
+          for (const pqxx::row& r : tx.exec_prepared("delivery_claim", owner, limit,
+                                                     static_cast<long long>(lease.count()))) {
+            out.push_back(readDelivery(r));
+          }
+          // UPDATE ... RETURNING has no order of its own.
+          std::sort(out.begin(), out.end(), [](const Delivery& a, const Delivery& b) {
+            return std::pair(a.next_attempt_at, a.id) < std::pair(b.next_attempt_at, b.id);
+          });
+          return out;
+        });
+  }
+
+  Result<Delivery> recordDeliveryAttempt(int64_t delivery_id, const std::string& owner,
+                                         const DeliveryAttempt& attempt,
+                                         std::optional<TimeMs> next_attempt_at) override {
+    const std::string id_text = std::to_string(delivery_id);
+    const std::optional<std::string> next =
+        next_attempt_at ? std::optional<std::string>(std::to_string(*next_attempt_at))
+                        : std::nullopt;
+    return transact<Delivery>(
+        "recording a delivery attempt", [&](pqxx::work& tx) -> Result<Delivery> {
+          const pqxx::result locked = tx.exec_prepared("delivery_lock", delivery_id);
+          if (locked.empty()) {
+            return makeError(ErrorCode::kNotFound, "delivery " + id_text + " not found");
+          }
+          const Delivery d = readDelivery(locked[0]);
+          if (d.state != DeliveryState::kPending) {
+            return makeError(ErrorCode::kConflict, "delivery " + id_text + " is already " +
+                                                       str(domain::deliveryStateName(d.state)));
+          }
+          if (optText(locked[0][12]) != std::optional<std::string>(owner)) {
+            return makeError(ErrorCode::kConflict,
+                             "delivery " + id_text + " is not leased by " + quoted(owner) +
+                                 " (its lease expired and it was claimed again)");
+          }
+          const int number = d.attempts + 1;
+          tx.exec_prepared0("delivery_attempt_insert", delivery_id, number,
+                            static_cast<long long>(attempt.at), attempt.ok, attempt.detail,
+                            static_cast<long long>(attempt.duration_ms));
+          const pqxx::result after =
+              attempt.ok ? tx.exec_prepared("delivery_delivered", delivery_id, number)
+                         : tx.exec_prepared("delivery_not_delivered", delivery_id,
+                                            next ? "pending" : "failed", number, nullable(next),
+                                            attempt.detail);
+          return readDelivery(after[0]);
+        });
+  }
+
+  Result<std::vector<Delivery>> listDeliveries(const std::string& task_id) override {
+    return transact<std::vector<Delivery>>(
+        "listing deliveries", [&](pqxx::work& tx) -> Result<std::vector<Delivery>> {
+          if (tx.exec_prepared("build_exists", task_id).empty()) return notFoundBuild(task_id);
+          std::vector<Delivery> out;
+          for (const pqxx::row& r : tx.exec_prepared("deliveries_list", task_id)) {
+            out.push_back(readDelivery(r));
+          }
+          for (const pqxx::row& r : tx.exec_prepared("delivery_attempts_list", task_id)) {
+            const int64_t id = r[0].as<int64_t>();
+            for (Delivery& d : out) {
+              if (d.id != id) continue;
+              d.attempt_log.push_back(DeliveryAttempt{r[1].as<int>(), r[2].as<int64_t>(),
+                                                      r[3].as<bool>(), r[4].as<std::string>(),
+                                                      r[5].as<int64_t>()});
+            }
+          }
+          return out;
+        });
+  }
+
  private:
   template <class T>
   Result<T> transact(std::string_view what, const std::function<Result<T>(pqxx::work&)>& body) {
@@ -820,6 +1005,20 @@ class PostgresStore final : public ports::Store {
                 b.retry_of ? "enqueued as a retry of build " + *b.retry_of : "enqueued");
     notifyWork(tx, b.project_id);
     return readBuild(r[0]);
+  }
+
+  // Queues deliveries (pending, due now); kConflict when an event id is
+  // taken (the caller's transaction must then roll back).
+  static std::optional<Error> insertDeliveries(pqxx::work& tx, const std::string& task_id,
+                                               const std::vector<ports::NewDelivery>& deliveries) {
+    for (const ports::NewDelivery& d : deliveries) {
+      if (tx.exec_prepared("delivery_insert", task_id, d.notifier, d.target, d.event_id, d.payload)
+              .empty()) {
+        return makeError(ErrorCode::kConflict,
+                         "a delivery with event id " + d.event_id + " already exists");
+      }
+    }
+    return std::nullopt;
   }
 
   // running -> pending: the task goes back to the queue.

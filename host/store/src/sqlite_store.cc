@@ -18,6 +18,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "deliveries.h"
 #include "kiln/codec/build_json.h"
 #include "kiln/domain/build.h"
 #include "kiln/store/open.h"
@@ -30,6 +31,9 @@ namespace {
 using domain::Build;
 using domain::BuildEvent;
 using domain::BuildStatus;
+using domain::Delivery;
+using domain::DeliveryAttempt;
+using domain::DeliveryState;
 using domain::ErrorKind;
 using domain::Project;
 using domain::TimeMs;
@@ -48,6 +52,9 @@ const std::string kBuildColumns =
     "task_id, project_id, branch, status, spec_json, result_json, attempts, max_attempts, "
     "error_kind, error, created_at, started_at, finished_at, worker_id, composition_json, "
     "retry_of, cancel_requested";
+const std::string kDeliveryColumns =
+    "id, task_id, notifier, target, event_id, payload_json, state, attempts, next_attempt_at, "
+    "created_at, delivered_at, last_error";
 const std::string kProjectColumns =
     "id, repo_url, default_branch, source, max_running_builds, max_pending_builds, "
     "max_timeout_s, created_at";
@@ -146,6 +153,28 @@ Build readBuild(const Query& q) {
   b.retry_of = q.optText(15);
   b.cancel_requested = q.i32(16) != 0;
   return b;
+}
+
+Delivery readDelivery(const Query& q) {
+  Delivery d;
+  d.id = q.i64(0);
+  d.task_id = q.text(1);
+  d.notifier = q.text(2);
+  d.target = q.text(3);
+  d.event_id = q.text(4);
+  d.payload = q.text(5);
+  const auto state = domain::parseDeliveryState(q.text(6));
+  if (!state) {
+    throw std::runtime_error("delivery " + std::to_string(d.id) + " has an unknown state " +
+                             quoted(q.text(6)));
+  }
+  d.state = *state;
+  d.attempts = q.i32(7);
+  d.next_attempt_at = q.optI64(8);
+  d.created_at = q.i64(9);
+  d.delivered_at = q.optI64(10);
+  d.last_error = q.text(11);
+  return d;
 }
 
 std::optional<Error> validateProject(const Project& p) {
@@ -324,7 +353,8 @@ SELECT seq, task_id, at, from_status, to_status, attempt, message
     });
   }
 
-  Result<Build> requestCancel(const std::string& task_id, const std::string& reason) override {
+  Result<Build> requestCancel(const std::string& task_id, const std::string& reason,
+                              const ports::DeliveryPlan& plan) override {
     return locked("cancelling a build", [&]() -> Result<Build> {
       Transaction tx(*db_, Mode::kWrite);
       auto build = findBuild(task_id);
@@ -337,12 +367,24 @@ SELECT seq, task_id, at, from_status, to_status, attempt, message
       const TimeMs now = domain::nowMs();
       const std::string why = reason.empty() ? "" : ": " + reason;
       if (build->status == BuildStatus::kPending) {
+        const std::string error = "cancelled before it started" + why;
+        std::vector<ports::NewDelivery> deliveries;
+        if (plan) {
+          ports::Outcome outcome;
+          outcome.status = BuildStatus::kCancelled;
+          outcome.error_kind = ErrorKind::kCancelled;
+          outcome.error = error;
+          outcome.result.error = error;
+          deliveries = plan(*build, outcome);
+          if (auto err = checkDeliveries(deliveries)) return *err;
+        }
         Query(*db_, R"(
 UPDATE builds SET status = 'cancelled', error_kind = 'cancelled', error = ?2, finished_at = ?3,
                   cancel_requested = 1, updated_at = ?3
  WHERE task_id = ?1)",
-              task_id, "cancelled before it started" + why, now)
+              task_id, error, now)
             .run();
+        insertDeliveries(task_id, deliveries, now);
         finishTask(task_id, now);
         recordEvent(task_id, BuildStatus::kPending, BuildStatus::kCancelled, build->attempts,
                     "cancelled while pending" + why, now);
@@ -436,6 +478,7 @@ UPDATE work_tasks SET state = 'leased', lease_owner = ?2, lease_token = ?3,
       Result<Lease> held = holdLease(task_id, lease_token, now, /*must_be_live=*/false);
       if (!held.ok()) return held.error();
       const Build& build = held->build;
+      if (auto err = checkDeliveries(outcome.deliveries)) return *err;
 
       ErrorKind kind = outcome.error_kind;
       if (kind == ErrorKind::kNone && outcome.status == BuildStatus::kFailed) {
@@ -463,6 +506,7 @@ UPDATE builds SET status = ?2, result_json = ?3, error_kind = ?4, error = ?5, fi
       if (!error.empty()) message += ": " + error;
       recordEvent(task_id, BuildStatus::kRunning, outcome.status, build.attempts, message, now);
       syncAudit(task_id, now);
+      insertDeliveries(task_id, outcome.deliveries, now);
       auto after = findBuild(task_id);
       tx.commit();
       // The branch and a running slot are free again.
@@ -488,7 +532,7 @@ UPDATE builds SET status = ?2, result_json = ?3, error_kind = ?4, error = ?5, fi
     });
   }
 
-  Result<int> reapExpiredLeases() override {
+  Result<int> reapExpiredLeases(const ports::DeliveryPlan& plan) override {
     return locked("reaping expired leases", [&]() -> Result<int> {
       Transaction tx(*db_, Mode::kWrite);
       const TimeMs now = domain::nowMs();
@@ -514,6 +558,17 @@ SELECT t.task_id, t.lease_owner, b.attempts, b.max_attempts
         if (e.attempts >= e.max_attempts) {
           const std::string error = "worker " + e.owner + " was lost: its lease expired during " +
                                     attempt + " and no attempts are left";
+          std::vector<ports::NewDelivery> deliveries;
+          if (plan) {
+            ports::Outcome outcome;
+            outcome.status = BuildStatus::kFailed;
+            outcome.error_kind = ErrorKind::kInfrastructure;
+            outcome.error = error;
+            outcome.result.error = error;
+            deliveries = plan(*findBuild(e.task_id), outcome);
+            if (checkDeliveries(deliveries)) deliveries.clear();  // dropped, see store.h
+          }
+          insertDeliveries(e.task_id, deliveries, now);
           Query(*db_, R"(
 UPDATE builds SET status = 'failed', error_kind = 'infrastructure', error = ?2, finished_at = ?3,
                   updated_at = ?3
@@ -659,6 +714,119 @@ UPDATE idempotency_keys SET state = 'done', status = ?2, body = ?3, content_type
     });
   }
 
+  Result<std::vector<Delivery>> claimDueDeliveries(const std::string& owner, int limit,
+                                                   std::chrono::milliseconds lease) override {
+    return locked("claiming due deliveries", [&]() -> Result<std::vector<Delivery>> {
+      if (auto err = validateClaimLimit(limit)) return *err;
+      if (lease.count() <= 0) {
+        return makeError(ErrorCode::kInvalidArgument, "a lease must be longer than 0 ms");
+      }
+      Transaction tx(*db_, Mode::kWrite);
+      const TimeMs now = domain::nowMs();
+      std::vector<int64_t> due;
+      {
+        Query q(*db_, R"(
+SELECT id FROM deliveries
+ WHERE state = 'pending' AND next_attempt_at <= ?1
+   AND (lease_expires_at IS NULL OR lease_expires_at <= ?1)
+ ORDER BY next_attempt_at, id
+ LIMIT ?2)",
+                now, limit);
+        while (q.next()) due.push_back(q.i64(0));
+      }
+      std::vector<Delivery> out;
+      for (int64_t id : due) {
+        Query(*db_, R"(
+UPDATE deliveries SET lease_owner = ?2, lease_expires_at = ?3, updated_at = ?4 WHERE id = ?1)",
+              id, owner, now + static_cast<TimeMs>(lease.count()), now)
+            .run();
+        out.push_back(*findDelivery(id));
+      }
+      tx.commit();
+      return out;
+    });
+  }
+
+  Result<Delivery> recordDeliveryAttempt(int64_t delivery_id, const std::string& owner,
+                                         const DeliveryAttempt& attempt,
+                                         std::optional<TimeMs> next_attempt_at) override {
+    return locked("recording a delivery attempt", [&]() -> Result<Delivery> {
+      Transaction tx(*db_, Mode::kWrite);
+      const TimeMs now = domain::nowMs();
+      std::optional<Delivery> d = findDelivery(delivery_id);
+      if (!d) {
+        return makeError(ErrorCode::kNotFound,
+                         "delivery " + std::to_string(delivery_id) + " not found");
+      }
+      if (d->state != DeliveryState::kPending) {
+        return makeError(ErrorCode::kConflict, "delivery " + std::to_string(delivery_id) +
+                                                   " is already " +
+                                                   str(domain::deliveryStateName(d->state)));
+      }
+      {
+        Query q(*db_, "SELECT lease_owner FROM deliveries WHERE id = ?1", delivery_id);
+        q.next();
+        if (q.optText(0) != std::optional<std::string>(owner)) {
+          return makeError(ErrorCode::kConflict,
+                           "delivery " + std::to_string(delivery_id) + " is not leased by " +
+                               quoted(owner) + " (its lease expired and it was claimed again)");
+        }
+      }
+      const int number = d->attempts + 1;
+      Query(*db_, R"(
+INSERT INTO delivery_attempts (delivery_id, attempt, at, ok, detail, duration_ms)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6))",
+            delivery_id, number, attempt.at, attempt.ok, attempt.detail, attempt.duration_ms)
+          .run();
+      if (attempt.ok) {
+        Query(*db_, R"(
+UPDATE deliveries SET state = 'delivered', attempts = ?2, next_attempt_at = NULL,
+                      lease_owner = NULL, lease_expires_at = NULL, delivered_at = ?3,
+                      last_error = NULL, updated_at = ?3
+ WHERE id = ?1)",
+              delivery_id, number, now)
+            .run();
+      } else {
+        Query(*db_, R"(
+UPDATE deliveries SET state = ?2, attempts = ?3, next_attempt_at = ?4, lease_owner = NULL,
+                      lease_expires_at = NULL, last_error = ?5, updated_at = ?6
+ WHERE id = ?1)",
+              delivery_id, next_attempt_at ? "pending" : "failed", number, next_attempt_at,
+              attempt.detail, now)
+            .run();
+      }
+      Delivery after = *findDelivery(delivery_id);
+      tx.commit();
+      return after;
+    });
+  }
+
+  Result<std::vector<Delivery>> listDeliveries(const std::string& task_id) override {
+    return locked("listing deliveries", [&]() -> Result<std::vector<Delivery>> {
+      Transaction tx(*db_, Mode::kRead);
+      if (!findBuild(task_id)) return notFoundBuild(task_id);
+      std::vector<Delivery> out;
+      {
+        Query q(*db_,
+                "SELECT " + kDeliveryColumns + " FROM deliveries WHERE task_id = ?1 ORDER BY id",
+                task_id);
+        while (q.next()) out.push_back(readDelivery(q));
+      }
+      for (Delivery& d : out) {
+        Query q(*db_, R"(
+SELECT attempt, at, ok, detail, duration_ms FROM delivery_attempts
+ WHERE delivery_id = ?1 ORDER BY attempt)",
+                d.id);
+        while (q.next()) {
+          d.attempt_log.push_back(
+              DeliveryAttempt{q.i32(0), q.i64(1), q.i32(2) != 0, q.text(3), q.i64(4)});
+        }
+      }
+      tx.commit();
+      return out;
+    });
+  }
+
  private:
   // Runs `body` with the connection to itself; converts the adapter's
   // exceptions into Errors that say what was being done.
@@ -697,6 +865,39 @@ VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9))",
           stored.created_at, now)
         .run();
     return stored;
+  }
+
+  // Why `deliveries` cannot be queued (validateNewDeliveries, or an event id
+  // already taken), or nullopt.
+  std::optional<Error> checkDeliveries(const std::vector<ports::NewDelivery>& deliveries) {
+    if (auto err = validateNewDeliveries(deliveries)) return err;
+    for (const ports::NewDelivery& d : deliveries) {
+      Query q(*db_, "SELECT 1 FROM deliveries WHERE event_id = ?1", d.event_id);
+      if (q.next()) {
+        return makeError(ErrorCode::kConflict,
+                         "a delivery with event id " + d.event_id + " already exists");
+      }
+    }
+    return std::nullopt;
+  }
+
+  // Inside a write transaction, after checkDeliveries: pending, due now.
+  void insertDeliveries(const std::string& task_id,
+                        const std::vector<ports::NewDelivery>& deliveries, TimeMs now) {
+    for (const ports::NewDelivery& d : deliveries) {
+      Query(*db_, R"(
+INSERT INTO deliveries (task_id, notifier, target, event_id, payload_json, state, attempts,
+                        next_attempt_at, created_at, updated_at)
+VALUES (?1, ?2, ?3, ?4, ?5, 'pending', 0, ?6, ?6, ?6))",
+            task_id, d.notifier, d.target, d.event_id, d.payload, now)
+          .run();
+    }
+  }
+
+  std::optional<Delivery> findDelivery(int64_t id) {
+    Query q(*db_, "SELECT " + kDeliveryColumns + " FROM deliveries WHERE id = ?1", id);
+    if (!q.next()) return std::nullopt;
+    return readDelivery(q);
   }
 
   std::optional<Build> findBuild(const std::string& task_id) {

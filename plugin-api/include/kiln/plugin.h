@@ -358,9 +358,12 @@ typedef struct kiln_ci_trigger_v1 {
 /* Tells someone that something happened to a build.
  *
  * notify() request:
- *   {"event": {"type": "build.completed", "timestamp": "RFC 3339",
+ *   {"event": {"id": "msg_…" (the same on every attempt of this
+ *              notification: receivers dedupe on it),
+ *              "type": "build.completed", "timestamp": "RFC 3339",
  *              "data": {"task_id": "…", "project_id": "…",
- *                       "status": "completed", "result": {BuildResult}}},
+ *                       "status": "completed", "error_kind": null,
+ *                       "result": {BuildResult}}},
  *    "target": "https://callback.example/hook" (optional: the build's
  *              callback_url, when the notifier delivers to one)}
  * result: {"delivered": true, "detail": "HTTP 204" (optional)}

@@ -45,6 +45,14 @@ struct ServerConfig {
   int shutdown_grace_s = 30;
   int max_attempts = 3;  // attempts of a build before a lost worker fails it
   int lease_s = 30;      // a worker's lease on a build; renewed every lease_s / 3
+  // Notifications: the first retry after a failed delivery comes after
+  // delivery_backoff_s, each next one twice as late (at most an hour apart),
+  // until the delivery is delivery_max_age_s old; then it is given up.
+  int delivery_backoff_s = 5;
+  int delivery_max_age_s = 12 * 3600;
+  // Build logs, artifacts and workspaces live below it; relative to the
+  // config file's folder. Empty: "kiln-data" there.
+  std::string data_dir;
 };
 
 struct StoreConfig {
@@ -91,6 +99,7 @@ struct ProjectConfig {
   int max_running_builds = 1;
   int max_pending_builds = 100;
   int max_timeout_s = 3600;
+  bool push_to_task_branch = false;  // push to kiln/<task_id>, not the build's branch
   SourceLocation where;
 };
 

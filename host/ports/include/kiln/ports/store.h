@@ -3,6 +3,9 @@
 // SQLite (embedded default) and PostgreSQL (production) adapters; both pass
 // one contract suite (tests/store/store_contract_test.cc).
 //
+// It is also the outbox of build notifications: finish() queues them with the
+// terminal transition, and a dispatcher claims, attempts and records them.
+//
 // Conventions for every method:
 //  - Thread-safe: one Store is shared by the HTTP threads and all workers.
 //  - Errors: kNotFound (no such project/build), kConflict (the state does not
@@ -16,11 +19,13 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "kiln/domain/build.h"
+#include "kiln/domain/delivery.h"
 #include "kiln/domain/result.h"
 
 namespace kiln::ports {
@@ -47,14 +52,37 @@ struct LeaseState {
   bool cancel_requested = false;
 };
 
+// A notification to queue in the outbox (a pending delivery, due at once).
+struct NewDelivery {
+  std::string notifier;  // plugin instance name; not empty
+  std::string target;    // e.g. the build's callback_url; may be empty
+  std::string event_id;  // unique among all deliveries; sent on every attempt
+  std::string payload;   // the event document: a JSON object, kept byte for byte
+};
+
 // What a finished attempt reports.
 struct Outcome {
   domain::BuildStatus status = domain::BuildStatus::kCompleted;  // completed|failed|cancelled
   domain::BuildResult result;
   domain::ErrorKind error_kind = domain::ErrorKind::kNone;
   std::string error;  // human-readable; also result.error when empty there
+  // The attempt failed for a reason that may pass (an unreachable
+  // repository): the worker gives the build back for another attempt while
+  // attempts remain, instead of finishing it. Not stored.
+  bool retryable = false;
   std::vector<domain::CompositionEntry> composition;
+  // The build's notifications, queued in the same transaction as the
+  // terminal transition: a build is never terminal without them.
+  std::vector<NewDelivery> deliveries;
 };
+
+// Plans the notifications of a build the store itself makes terminal (a
+// pending build cancelled, a build the reaper fails): called inside that
+// transaction with the build (as it was) and the outcome it ends with; what
+// it returns is queued like Outcome::deliveries. It must be quick and must
+// not call the store. Empty: none.
+using DeliveryPlan =
+    std::function<std::vector<NewDelivery>(const domain::Build& build, const Outcome& outcome)>;
 
 // The stored answer to an idempotent POST.
 struct IdempotencyRecord {
@@ -95,11 +123,13 @@ class Store {
   // Events of one build in order (seq ascending).
   virtual Result<std::vector<domain::BuildEvent>> listEvents(const std::string& task_id) = 0;
   // pending -> cancelled at once (task removed from the queue, error_kind
-  // cancelled); running -> cancel_requested = true (the worker sees it on its
-  // next renew and finishes the build as cancelled). Terminal: kConflict.
-  // Returns the build after the change.
-  virtual Result<domain::Build> requestCancel(const std::string& task_id,
-                                              const std::string& reason) = 0;
+  // cancelled, plan's deliveries queued); running -> cancel_requested = true
+  // (the worker sees it on its next renew and finishes the build as
+  // cancelled). Terminal: kConflict. Returns the build after the change.
+  // Planned deliveries that finish() would refuse fail the cancel (nothing
+  // changes).
+  virtual Result<domain::Build> requestCancel(const std::string& task_id, const std::string& reason,
+                                              const DeliveryPlan& plan = {}) = 0;
 
   // ---- Work queue ----
   // Takes the oldest runnable pending build, if any, and makes it running
@@ -119,8 +149,10 @@ class Store {
   virtual Result<LeaseState> renew(const std::string& task_id, const std::string& lease_token,
                                    std::chrono::milliseconds lease) = 0;
   // Ends the attempt: running -> outcome.status, result and error stored,
-  // finished_at set, task done, event recorded. kConflict on a stale token
-  // (nothing changes).
+  // finished_at set, task done, event recorded, outcome.deliveries queued.
+  // kConflict on a stale token (nothing changes); kInvalidArgument when a
+  // delivery lacks its notifier or event id or its payload is not a JSON
+  // object; kConflict when an event id is already taken.
   virtual Result<domain::Build> finish(const std::string& task_id, const std::string& lease_token,
                                        const Outcome& outcome) = 0;
   // running -> pending for another worker (a draining worker gives it
@@ -129,9 +161,11 @@ class Store {
                                const std::string& reason) = 0;
   // Every running build whose lease expired: back to pending for a new
   // attempt, or, when attempts >= max_attempts, failed with error_kind
-  // infrastructure and an error saying the worker was lost. Returns how
-  // many builds it changed.
-  virtual Result<int> reapExpiredLeases() = 0;
+  // infrastructure and an error saying the worker was lost (plan's
+  // deliveries queued; ones finish() would refuse are dropped, so that a
+  // bad plan never keeps a lost build running). Returns how many builds it
+  // changed.
+  virtual Result<int> reapExpiredLeases(const DeliveryPlan& plan = {}) = 0;
   // Blocks until work may be available (a build was enqueued, released or
   // reaped, possibly by another process) or `max_wait` passed.
   virtual void waitForWork(std::chrono::milliseconds max_wait) = 0;
@@ -147,6 +181,32 @@ class Store {
                                           const IdempotencyRecord& answer) = 0;
   // Forgets an in-progress key (the request failed before any effect).
   virtual Result<void> abandonIdempotent(const std::string& key) = 0;
+
+  // ---- Notification outbox ----
+  // Deliveries are written by finish() (Outcome::deliveries) and leave the
+  // pending state only through recordDeliveryAttempt.
+  //
+  // Leases up to `limit` (1..100) pending deliveries that are due
+  // (next_attempt_at <= now) and not leased by anyone (or whose lease
+  // expired) to `owner` for `lease`, oldest due first. Concurrent claims
+  // never return the same delivery while its lease lasts (PostgreSQL: FOR
+  // UPDATE SKIP LOCKED). The deliveries come without attempt_log.
+  virtual Result<std::vector<domain::Delivery>> claimDueDeliveries(
+      const std::string& owner, int limit, std::chrono::milliseconds lease) = 0;
+  // Records one attempt of a delivery `owner` leased, numbered attempts + 1
+  // (attempt.attempt is ignored), and ends the lease: attempt.ok ->
+  // delivered (delivered_at set, last_error cleared); otherwise last_error =
+  // attempt.detail and, with `next_attempt_at`, pending again and due then,
+  // or without it given up (failed). Returns the delivery after the change
+  // (without attempt_log). kNotFound: no such delivery; kConflict: it is no
+  // longer pending or not leased by `owner` (its lease expired and someone
+  // else claimed it); nothing changes then.
+  virtual Result<domain::Delivery> recordDeliveryAttempt(
+      int64_t delivery_id, const std::string& owner, const domain::DeliveryAttempt& attempt,
+      std::optional<domain::TimeMs> next_attempt_at) = 0;
+  // A build's deliveries (by id) with their attempt logs. kNotFound when
+  // the build does not exist.
+  virtual Result<std::vector<domain::Delivery>> listDeliveries(const std::string& task_id) = 0;
 };
 
 }  // namespace kiln::ports

@@ -19,6 +19,14 @@ struct BuildServiceOptions {
   // missing required variable is a 400, not a failed build. Errors should be
   // kInvalidArgument / kNotFound with `fields`; empty: not checked.
   std::function<Result<void>(const domain::Project&, const domain::Build&)> check_template;
+  // Creates the repository of a new project through its git host and
+  // returns the clone URL; used by createAndBuild when no repo_url is given.
+  std::function<Result<std::string>(const domain::Project&)> create_repository;
+  // The notifications of a pending build cancelled at once (queued with the
+  // cancellation), and what to call after such a cancel (e.g. to wake the
+  // notification dispatcher). Empty: none.
+  ports::DeliveryPlan plan_deliveries;
+  std::function<void()> on_terminal;
 };
 
 class BuildService {

@@ -28,6 +28,13 @@ struct WorkerPoolOptions {
   std::chrono::milliseconds idle_wait{2000};         // max wait for work between claims
   std::chrono::milliseconds reap_every{5000};        // how often expired leases are reaped
   std::function<void(const std::string& line)> log;  // empty: stderr
+  // A build's notifications (DeliveryPlanner::plan): called right before
+  // finish() with the final outcome (finish() queues them in the same
+  // transaction), and given to the reaper for builds it fails. Empty: none.
+  ports::DeliveryPlan plan_deliveries;
+  // Called after builds became terminal here (finished, or failed by the
+  // reaper), e.g. to wake the notification dispatcher. Empty: nothing.
+  std::function<void()> on_terminal;
 };
 
 class WorkerPool {

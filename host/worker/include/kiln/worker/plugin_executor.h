@@ -1,7 +1,8 @@
 // The BuildExecutor that runs a build through its project's plugin
-// instances: render the prompt with the template provider, run the code
-// agent in a fresh workspace, report the agent's result. (Checkout, commit,
-// push and CI are added by the build-execution milestone.)
+// instances: check the repository out (credentials from the git host),
+// render the prompt with the template provider, run the code agent in the
+// checkout, commit and push what changed (auto_commit / auto_push), trigger
+// CI, and keep the full log and the declared artifacts.
 #pragma once
 
 #include <chrono>
@@ -24,14 +25,18 @@ struct ProjectStages {
   std::shared_ptr<plugins::PluginInstance> ci_trigger;         // may be null
   std::vector<std::shared_ptr<plugins::PluginInstance>> notifiers;
   std::vector<domain::CompositionEntry> composition;
+  bool push_to_task_branch = false;  // push to kiln/<task_id> instead of the build's branch
 };
 
 using StageResolver = std::function<Result<ProjectStages>(const domain::Project& project)>;
 
 struct PluginExecutorOptions {
   std::string workspace_root;  // one folder per build below it
+  std::string data_dir;        // logs/<task_id>.log and artifacts/<task_id>/ below it
   bool keep_failed_workspaces = false;
   std::chrono::seconds default_timeout{3600};  // when the spec sets none
+  std::string author_name = "Kiln";            // of the commits kiln makes
+  std::string author_email = "kiln@localhost";
 };
 
 class PluginExecutor : public ports::BuildExecutor {
@@ -39,6 +44,10 @@ class PluginExecutor : public ports::BuildExecutor {
   PluginExecutor(StageResolver resolver, PluginExecutorOptions options);
   ports::Outcome execute(const domain::Build& build, const domain::Project& project,
                          const ports::ExecutionControl& control) override;
+
+  // Where a build's full log and its artifacts are kept.
+  std::string logPath(const std::string& task_id) const;
+  std::string artifactDir(const std::string& task_id) const;
 
   // The prompt for `build`: the spec's prompt, or its template rendered with
   // the variables and the built-ins (project, repo, branch, task_id).
