@@ -67,7 +67,8 @@ class LocalGitHost : public kiln::sdk::GitHost {
     const std::string branch = req.value("default_branch", default_branch_);
     const std::string head = "refs/heads/" + branch;
     git_repository_init_options opts = GIT_REPOSITORY_INIT_OPTIONS_INIT;
-    opts.flags = GIT_REPOSITORY_INIT_BARE | GIT_REPOSITORY_INIT_MKPATH | GIT_REPOSITORY_INIT_NO_REINIT;
+    opts.flags =
+        GIT_REPOSITORY_INIT_BARE | GIT_REPOSITORY_INIT_MKPATH | GIT_REPOSITORY_INIT_NO_REINIT;
     opts.initial_head = head.c_str();
     const std::string description = req.value("description", "");
     if (!description.empty()) opts.description = description.c_str();

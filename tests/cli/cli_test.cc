@@ -103,7 +103,10 @@ TEST(CliTest, MisuseExitsTwoWithAMessageThatSaysWhatToDo) {
 
 TEST(CliTest, EveryExampleConfigPassesConfigCheck) {
   const std::map<std::string, std::string> env = {
-      {"KILN_DATABASE_URL", "postgresql://kiln@localhost/kiln"}, {"GITHUB_TOKEN", "t0ken"}};
+      {"KILN_DATABASE_URL", "postgresql://kiln@localhost/kiln"},
+      {"GITHUB_TOKEN", "t0ken"},
+      {"ANTHROPIC_API_KEY", "sk-test"},
+      {"KILN_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}};
   int checked = 0, agents = 0;
   // examples/agents configure real agent CLIs, which need not be installed.
   for (const std::string dir : {"/examples", "/examples/agents"}) {

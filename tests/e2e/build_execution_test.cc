@@ -125,15 +125,17 @@ defaults:
 )";
 
 TEST_P(BuildExecutionTest, ABuildBecomesACommitPushedToTheRepository) {
-  start(std::string(kDemoAgent) + "projects:\n  demo:\n    repo_url: ${KILN_CONFIG_DIR}/repos/demo.git\n");
+  start(std::string(kDemoAgent) +
+        "projects:\n  demo:\n    repo_url: ${KILN_CONFIG_DIR}/repos/demo.git\n");
   const std::string bare = seededRepository(server_->dir() + "/repos/demo.git");
-  const std::string id = submit(
-      "demo", {{"prompt", "create docs/HELLO.md\nHello from Kiln\nend\ndelete README.md"},
-               {"auto_commit", true},
-               {"auto_push", true},
-               {"commit_message", "Add a greeting"}});
+  const std::string id =
+      submit("demo", {{"prompt", "create docs/HELLO.md\nHello from Kiln\nend\ndelete README.md"},
+                      {"auto_commit", true},
+                      {"auto_push", true},
+                      {"commit_message", "Add a greeting"}});
   const json build = server_->waitForTerminal(id, 60000);
-  ASSERT_EQ(build["status"], "completed") << build.dump(2) << "\n" << server_->get("/builds/" + id + "/log").body;
+  ASSERT_EQ(build["status"], "completed") << build.dump(2) << "\n"
+                                          << server_->get("/builds/" + id + "/log").body;
   const std::string sha = build["result"]["commit_sha"];
   EXPECT_EQ(sha, git({"--git-dir", bare, "rev-parse", "main"}));
   EXPECT_EQ(sha.size(), 40u);
@@ -144,7 +146,8 @@ TEST_P(BuildExecutionTest, ABuildBecomesACommitPushedToTheRepository) {
   const std::string message = git({"--git-dir", bare, "log", "-1", "--format=%B", "main"});
   EXPECT_THAT(message, HasSubstr("Add a greeting"));
   EXPECT_THAT(message, HasSubstr("Kiln-Task: " + id));
-  EXPECT_EQ(git({"--git-dir", bare, "log", "-1", "--format=%an <%ae>", "main"}), "Kiln <kiln@localhost>");
+  EXPECT_EQ(git({"--git-dir", bare, "log", "-1", "--format=%an <%ae>", "main"}),
+            "Kiln <kiln@localhost>");
 
   const auto log = server_->get("/builds/" + id + "/log");
   EXPECT_EQ(log.status, 200);
@@ -154,7 +157,8 @@ TEST_P(BuildExecutionTest, ABuildBecomesACommitPushedToTheRepository) {
 
 TEST_P(BuildExecutionTest, TemplatesRenderAndThePushCanGoToATaskBranch) {
   start(std::string(kDemoAgent) +
-        "projects:\n  demo:\n    repo_url: ${KILN_CONFIG_DIR}/repos/demo.git\n    push_to_task_branch: true\n");
+        "projects:\n  demo:\n    repo_url: ${KILN_CONFIG_DIR}/repos/demo.git\n    "
+        "push_to_task_branch: true\n");
   const std::string bare = seededRepository(server_->dir() + "/repos/demo.git");
   const std::string id = submit("demo", {{"prompt", "p"},
                                          {"template", "feature"},
@@ -164,20 +168,41 @@ TEST_P(BuildExecutionTest, TemplatesRenderAndThePushCanGoToATaskBranch) {
   const json build = server_->waitForTerminal(id, 60000);
   ASSERT_EQ(build["status"], "completed") << build.dump(2);
   EXPECT_EQ(git({"--git-dir", bare, "rev-parse", "kiln/" + id}), build["result"]["commit_sha"]);
-  EXPECT_EQ(git({"--git-dir", bare, "log", "-1", "--format=%s", "main"}), "seed") << "main untouched";
+  EXPECT_EQ(git({"--git-dir", bare, "log", "-1", "--format=%s", "main"}), "seed")
+      << "main untouched";
   // The demo agent appends the prompt's first line: the rendered template's.
   EXPECT_THAT(git({"--git-dir", bare, "show", "kiln/" + id + ":KILN_DEMO.md"}),
               HasSubstr("You are working in the repository of project demo"));
 }
 
+TEST_P(BuildExecutionTest, ABuildOnANewBranchStartsItFromTheDefaultBranch) {
+  start(std::string(kDemoAgent) +
+        "projects:\n  demo:\n    repo_url: ${KILN_CONFIG_DIR}/repos/demo.git\n");
+  const std::string bare = seededRepository(server_->dir() + "/repos/demo.git");
+  const std::string seed = git({"--git-dir", bare, "rev-parse", "main"});
+  const json build =
+      server_->waitForTerminal(submit("demo", {{"prompt", "append README.md: on a branch"},
+                                               {"branch", "feature/x"},
+                                               {"auto_commit", true},
+                                               {"auto_push", true}}),
+                               60000);
+  ASSERT_EQ(build["status"], "completed") << build.dump(2);
+  EXPECT_EQ(git({"--git-dir", bare, "rev-parse", "feature/x"}), build["result"]["commit_sha"]);
+  EXPECT_EQ(git({"--git-dir", bare, "rev-parse", "feature/x~1"}), seed) << "branched from main";
+  EXPECT_EQ(git({"--git-dir", bare, "rev-parse", "main"}), seed) << "main untouched";
+}
+
 TEST_P(BuildExecutionTest, WithoutAutoCommitTheChangesAreReportedButNotCommitted) {
-  start(std::string(kDemoAgent) + "projects:\n  demo:\n    repo_url: ${KILN_CONFIG_DIR}/repos/demo.git\n");
+  start(std::string(kDemoAgent) +
+        "projects:\n  demo:\n    repo_url: ${KILN_CONFIG_DIR}/repos/demo.git\n");
   const std::string bare = seededRepository(server_->dir() + "/repos/demo.git");
   const std::string before = git({"--git-dir", bare, "rev-parse", "main"});
-  const json build = server_->waitForTerminal(submit("demo", {{"prompt", "append README.md: more"}}), 60000);
+  const json build =
+      server_->waitForTerminal(submit("demo", {{"prompt", "append README.md: more"}}), 60000);
   ASSERT_EQ(build["status"], "completed") << build.dump(2);
   EXPECT_EQ(build["result"]["commit_sha"], "");
-  EXPECT_EQ(build["result"]["files_changed"], json::parse(R"([{"path": "README.md", "change": "modified"}])"));
+  EXPECT_EQ(build["result"]["files_changed"],
+            json::parse(R"([{"path": "README.md", "change": "modified"}])"));
   EXPECT_EQ(git({"--git-dir", bare, "rev-parse", "main"}), before);
 }
 
@@ -213,7 +238,8 @@ projects:
   EXPECT_THAT(failed["error"].get<std::string>(), HasSubstr("3"));
   EXPECT_THAT(failed["error"].get<std::string>(), HasSubstr("broken tool"));
 
-  const json timed_out = server_->waitForTerminal(submit("sleepy", {{"prompt", "p"}, {"timeout_s", 2}}), 60000);
+  const json timed_out =
+      server_->waitForTerminal(submit("sleepy", {{"prompt", "p"}, {"timeout_s", 2}}), 60000);
   EXPECT_EQ(timed_out["status"], "failed");
   EXPECT_EQ(timed_out["error_kind"], "timeout");
 
@@ -224,7 +250,7 @@ projects:
   ASSERT_EQ(server_->post("/builds/" + id + "/cancel", json::object()).status, 202);
   const json cancelled = server_->waitForTerminal(id, 10000);
   EXPECT_EQ(cancelled["status"], "cancelled");
-  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(3));
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(2));
   // No process of either sleepy agent (the shell and its `sleep 300`)
   // outlives its build.
   for (const std::string& task : {timed_out["task_id"].get<std::string>(), id}) {
@@ -258,8 +284,8 @@ projects:
     agent: racer
 )");
   seededRepository(server_->dir() + "/repos/race.git");
-  const json build =
-      server_->waitForTerminal(submit("race", {{"prompt", "p"}, {"auto_commit", true}, {"auto_push", true}}), 60000);
+  const json build = server_->waitForTerminal(
+      submit("race", {{"prompt", "p"}, {"auto_commit", true}, {"auto_push", true}}), 60000);
   EXPECT_EQ(build["status"], "failed") << build.dump(2);
   EXPECT_EQ(build["error_kind"], "workload");
   EXPECT_THAT(build["error"].get<std::string>(), HasSubstr("rejected"));
@@ -267,7 +293,8 @@ projects:
 }
 
 TEST_P(BuildExecutionTest, AnUnreachableRepositoryIsAnInfrastructureFailureAfterRetries) {
-  start(std::string(kDemoAgent) + "projects:\n  gone:\n    repo_url: http://127.0.0.1:1/gone.git\n");
+  start(std::string(kDemoAgent) +
+        "projects:\n  gone:\n    repo_url: http://127.0.0.1:1/gone.git\n");
   const json build = server_->waitForTerminal(submit("gone", {{"prompt", "p"}}), 60000);
   EXPECT_EQ(build["status"], "failed") << build.dump(2);
   EXPECT_EQ(build["error_kind"], "infrastructure");
@@ -323,14 +350,17 @@ defaults:
   agent: snoop
 projects:
   web:
-    repo_url: )" + url + R"(
+    repo_url: )" +
+        url + R"(
     git_host: https-git
   locked:
-    repo_url: )" + url + R"(
+    repo_url: )" +
+        url + R"(
     git_host: wrong-git
 )");
   unsetenv("KILN_TEST_GIT_TOKEN");
-  const std::string id = submit("web", {{"prompt", "p"}, {"auto_commit", true}, {"auto_push", true}});
+  const std::string id =
+      submit("web", {{"prompt", "p"}, {"auto_commit", true}, {"auto_push", true}});
   const json build = server_->waitForTerminal(id, 60000);
   ASSERT_EQ(build["status"], "completed") << build.dump(2);
   EXPECT_EQ(git({"--git-dir", remote.repositoryPath("web"), "rev-parse", "main"}),

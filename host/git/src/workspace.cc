@@ -420,4 +420,30 @@ Result<std::string> headSha(const std::string& dir) {
   return oidHex(*git_commit_id(commit->get()));
 }
 
+Result<void> createBranch(const std::string& dir, const std::string& name) {
+  auto repo = detail::openRepository(dir);
+  if (!repo.ok()) return repo.error();
+  if (git_reference_is_valid_name(("refs/heads/" + name).c_str()) != 1) {
+    return makeError(ErrorCode::kInvalidArgument, "\"" + name + "\" is not a valid branch name");
+  }
+  auto commit = headCommit(repo->get());
+  if (!commit.ok()) return commit.error();
+  if (!*commit) {
+    // Unborn HEAD: the new branch is simply the unborn one.
+    const int rc = git_repository_set_head(repo->get(), ("refs/heads/" + name).c_str());
+    if (rc != 0) return detail::gitError(ErrorCode::kInternal, "switching to branch " + name, rc);
+    return {};
+  }
+  git_reference* ref = nullptr;
+  int rc = git_branch_create(&ref, repo->get(), name.c_str(), commit->get(), /*force=*/0);
+  if (rc == GIT_EEXISTS) {
+    return makeError(ErrorCode::kConflict, "branch " + name + " already exists in " + dir);
+  }
+  if (rc != 0) return detail::gitError(ErrorCode::kInternal, "creating branch " + name, rc);
+  git_reference_free(ref);
+  rc = git_repository_set_head(repo->get(), ("refs/heads/" + name).c_str());
+  if (rc != 0) return detail::gitError(ErrorCode::kInternal, "switching to branch " + name, rc);
+  return {};
+}
+
 }  // namespace kiln::git

@@ -195,9 +195,23 @@ ports::Outcome PluginExecutor::execute(const domain::Build& build, const domain:
   remote.credentials = credentialsFrom(stages->git_host, call);
   remote.cancelled = should_stop;
   log.line("cloning " + project.repo_url + " (" + build.branch + ")");
-  if (auto cloned =
-          git::cloneRepository({project.repo_url, build.branch, workspace.string(), remote});
-      !cloned.ok()) {
+  auto cloned = git::cloneRepository({project.repo_url, build.branch, workspace.string(), remote});
+  if (!cloned.ok() && cloned.error().code == ErrorCode::kNotFound &&
+      build.branch != project.default_branch) {
+    // A build on a branch the repository does not have yet starts it from
+    // the project's default branch (a new feature branch).
+    log.line("branch " + build.branch + " does not exist yet: starting it from " +
+             project.default_branch);
+    fs::remove_all(workspace, ec);
+    cloned = git::cloneRepository(
+        {project.repo_url, project.default_branch, workspace.string(), remote});
+    if (cloned.ok()) {
+      if (auto made = git::createBranch(workspace.string(), build.branch); !made.ok()) {
+        return fail(ErrorKind::kInfrastructure, made.error().message);
+      }
+    }
+  }
+  if (!cloned.ok()) {
     if (cloned.error().code == ErrorCode::kCancelled && timed_out) {
       return fail(ErrorKind::kTimeout, "the build exceeded its time limit while cloning");
     }

@@ -129,6 +129,11 @@ struct PushOptions {
 // appended. Authentication and network failures as for cloneRepository.
 Result<void> push(const PushOptions& o);
 
+// Creates local branch `name` at HEAD's commit and makes it HEAD (the work
+// tree is unchanged: it already matches). On an unborn HEAD the unborn
+// branch becomes `name`. kConflict if the branch exists.
+Result<void> createBranch(const std::string& dir, const std::string& name);
+
 // The full sha of HEAD's commit in the repository at `dir` (a work tree or a
 // bare repository); kNotFound when HEAD is unborn or dir is not a repository.
 Result<std::string> headSha(const std::string& dir);
