@@ -31,7 +31,8 @@ int main(int argc, char** argv) {
       fs::remove_all(scratch);
       const auto t0 = std::chrono::steady_clock::now();
       if (!fn()) return std::vector<double>{};
-      ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+      ms.push_back(
+          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
     }
     return ms;
   };
@@ -41,8 +42,8 @@ int main(int argc, char** argv) {
     return r.ok();
   });
   const auto git = time([&] {
-    const std::string cmd = "git clone --quiet --branch main --single-branch file://" + repo + " " +
-                            scratch.string();
+    const std::string cmd =
+        "git clone --quiet --branch main --single-branch file://" + repo + " " + scratch.string();
     return std::system(cmd.c_str()) == 0;
   });
   fs::remove_all(scratch);
