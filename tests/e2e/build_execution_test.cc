@@ -60,7 +60,7 @@ class BuildExecutionTest : public ::testing::TestWithParam<std::string> {
  protected:
   // Starts kiln with `extra` appended to a config whose store is this
   // test's; {REPOS} in `extra` is the folder for local repositories.
-  void start(const std::string& extra) {
+  void start(const std::string& extra, const std::string& server_extra = "") {
     std::string store;
     if (GetParam() == "postgres") {
       db_ = std::make_unique<TestDatabase>();
@@ -74,7 +74,7 @@ class BuildExecutionTest : public ::testing::TestWithParam<std::string> {
   lease_s: 3
   shutdown_grace_s: 2
   max_attempts: 2
-)" + store + extra);
+)" + server_extra + store + extra);
   }
 
   std::string submit(const std::string& project, const json& spec) {
@@ -177,7 +177,8 @@ TEST_P(BuildExecutionTest, TemplatesRenderAndThePushCanGoToATaskBranch) {
 
 TEST_P(BuildExecutionTest, ABuildOnANewBranchStartsItFromTheDefaultBranch) {
   start(std::string(kDemoAgent) +
-        "projects:\n  demo:\n    repo_url: ${KILN_CONFIG_DIR}/repos/demo.git\n");
+            "projects:\n  demo:\n    repo_url: ${KILN_CONFIG_DIR}/repos/demo.git\n",
+        "  git_author_name: Build Bot\n  git_author_email: bot@example.com\n");
   const std::string bare = seededRepository(server_->dir() + "/repos/demo.git");
   const std::string seed = git({"--git-dir", bare, "rev-parse", "main"});
   const json build =
@@ -190,6 +191,8 @@ TEST_P(BuildExecutionTest, ABuildOnANewBranchStartsItFromTheDefaultBranch) {
   EXPECT_EQ(git({"--git-dir", bare, "rev-parse", "feature/x"}), build["result"]["commit_sha"]);
   EXPECT_EQ(git({"--git-dir", bare, "rev-parse", "feature/x~1"}), seed) << "branched from main";
   EXPECT_EQ(git({"--git-dir", bare, "rev-parse", "main"}), seed) << "main untouched";
+  EXPECT_EQ(git({"--git-dir", bare, "log", "-1", "--format=%an <%ae>", "feature/x"}),
+            "Build Bot <bot@example.com>");
 }
 
 TEST_P(BuildExecutionTest, WithoutAutoCommitTheChangesAreReportedButNotCommitted) {
@@ -308,18 +311,21 @@ instances:
   reporter:
     plugin: code-agent/command
     config:
-      argv: ["sh", "-c", "mkdir -p .kiln && echo 'all good' > report.txt && echo '[{\"name\": \"report.txt\", \"path\": \"report.txt\"}]' > .kiln/artifacts.json"]
+      argv: ["sh", "-c", "mkdir -p .kiln out && echo 'all good' > report.txt && echo '<testsuite/>' > out/junit.xml && echo '[{\"name\": \"report.txt\", \"path\": \"report.txt\"}]' > .kiln/artifacts.json"]
 projects:
   rep:
     repo_url: ${KILN_CONFIG_DIR}/repos/rep.git
     agent: reporter
+    artifacts: ["out/*.xml"]
 )");
   seededRepository(server_->dir() + "/repos/rep.git");
   const std::string id = submit("rep", {{"prompt", "p"}});
   const json build = server_->waitForTerminal(id, 60000);
   ASSERT_EQ(build["status"], "completed") << build.dump(2);
-  ASSERT_EQ(build["result"]["artifacts"].size(), 1u);
+  ASSERT_EQ(build["result"]["artifacts"].size(), 2u) << "declared, plus the project's glob";
   EXPECT_EQ(build["result"]["artifacts"][0]["name"], "report.txt");
+  EXPECT_EQ(build["result"]["artifacts"][1]["name"], "junit.xml");
+  EXPECT_EQ(server_->get("/builds/" + id + "/artifacts/junit.xml").body, "<testsuite/>\n");
   const auto artifact = server_->get("/builds/" + id + "/artifacts/report.txt");
   EXPECT_EQ(artifact.status, 200);
   EXPECT_EQ(artifact.body, "all good\n");

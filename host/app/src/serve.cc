@@ -86,6 +86,8 @@ worker::StageResolver stageResolver(const Runtime& rt) {
     stages.push_to_task_branch = it != rt.config.projects.end()
                                      ? it->second.push_to_task_branch
                                      : rt.config.defaults.push_to_task_branch;
+    stages.artifact_globs =
+        it != rt.config.projects.end() ? it->second.artifacts : rt.config.defaults.artifacts;
     for (const auto& n : b.notifiers.value_or(std::vector<std::string>{})) {
       auto notifier = pick(n, "notifier");
       if (!notifier.ok()) return notifier.error();
@@ -191,6 +193,9 @@ int serve(const ServeOptions& options, std::ostream& out, std::ostream& err) {
                     ? (std::filesystem::path(rt.config.base_dir) / "kiln-data").string()
                     : rt.config.server.data_dir;
   eo.workspace_root = (std::filesystem::path(eo.data_dir) / "workspaces").string();
+  eo.author_name = rt.config.server.git_author_name;
+  eo.author_email = rt.config.server.git_author_email;
+  eo.keep_failed_workspaces = rt.config.server.keep_failed_workspaces;
   worker::PluginExecutor executor(resolve, eo);
   services::WorkerPoolOptions wo;
   wo.slots = rt.config.server.workers;

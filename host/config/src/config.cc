@@ -44,19 +44,36 @@ constexpr int64_t kInt64Max = std::numeric_limits<int64_t>::max();
 
 const std::vector<std::string> kTopKeys = {"server",    "store",    "plugins", "secrets",
                                            "instances", "defaults", "projects"};
-const std::vector<std::string> kServerKeys = {
-    "listen",       "workers", "max_body_bytes",     "max_prompt_bytes",  "shutdown_grace_s",
-    "max_attempts", "lease_s", "delivery_backoff_s", "delivery_max_age_s"};
+const std::vector<std::string> kServerKeys = {"listen",
+                                              "workers",
+                                              "max_body_bytes",
+                                              "max_prompt_bytes",
+                                              "shutdown_grace_s",
+                                              "max_attempts",
+                                              "lease_s",
+                                              "delivery_backoff_s",
+                                              "delivery_max_age_s",
+                                              "data_dir",
+                                              "git_author_name",
+                                              "git_author_email",
+                                              "keep_failed_workspaces"};
 const std::vector<std::string> kStoreKeys = {"sqlite", "postgres"};
 const std::vector<std::string> kSqliteKeys = {"path"};
 const std::vector<std::string> kPostgresKeys = {"url", "url_file"};
 const std::vector<std::string> kPluginsKeys = {"bundled", "directories"};
 const std::vector<std::string> kInstanceKeys = {"plugin", "config"};
-const std::vector<std::string> kProjectKeys = {
-    "repo_url",          "default_branch",     "agent",
-    "template_provider", "git_host",           "ci_trigger",
-    "notifiers",         "max_running_builds", "max_pending_builds",
-    "max_timeout_s",     "push_to_task_branch"};
+const std::vector<std::string> kProjectKeys = {"repo_url",
+                                               "default_branch",
+                                               "agent",
+                                               "template_provider",
+                                               "git_host",
+                                               "ci_trigger",
+                                               "notifiers",
+                                               "max_running_builds",
+                                               "max_pending_builds",
+                                               "max_timeout_s",
+                                               "push_to_task_branch",
+                                               "artifacts"};
 
 const std::string kNameRule =
     "must match ^[a-z0-9][a-z0-9._-]{0,62}$ (lowercase letters, digits, \".\", \"_\" and "
@@ -136,6 +153,7 @@ struct ProjectFields {
   std::optional<int> max_pending_builds;
   std::optional<int> max_timeout_s;
   std::optional<bool> push_to_task_branch;
+  std::optional<std::vector<std::string>> artifacts;
 };
 
 class Loader {
@@ -189,6 +207,7 @@ class Loader {
     d.max_pending_builds = defaults.max_pending_builds.value_or(d.max_pending_builds);
     d.max_timeout_s = defaults.max_timeout_s.value_or(d.max_timeout_s);
     d.push_to_task_branch = defaults.push_to_task_branch.value_or(d.push_to_task_branch);
+    d.artifacts = defaults.artifacts.value_or(d.artifacts);
     checkBindings();
   }
 
@@ -350,6 +369,12 @@ class Loader {
         if (auto v = readInt(e, label, 1, 30 * 24 * 3600)) {
           server.delivery_max_age_s = static_cast<int>(*v);
         }
+      } else if (e.key == "git_author_name") {
+        if (auto v = readString(e, label, true)) server.git_author_name = v->text;
+      } else if (e.key == "git_author_email") {
+        if (auto v = readString(e, label, true)) server.git_author_email = v->text;
+      } else if (e.key == "keep_failed_workspaces") {
+        if (auto v = readBool(e, label)) server.keep_failed_workspaces = *v;
       } else if (e.key == "data_dir") {
         if (auto v = readString(e, label, true)) {
           server.data_dir = internal::resolvePath(ctx_.baseDir(), v->text);
@@ -606,6 +631,11 @@ class Loader {
         }
       } else if (e.key == "push_to_task_branch") {
         if (auto v = readBool(e, labelOf(e.key))) fields->push_to_task_branch = *v;
+      } else if (e.key == "artifacts") {
+        if (auto items = readStringList(e, labelOf(e.key))) {
+          fields->artifacts.emplace();
+          for (ListItem& item : *items) fields->artifacts->push_back(std::move(item.value.text));
+        }
       } else if (is_defaults) {
         std::vector<std::string> keys(kProjectKeys.begin() + 1, kProjectKeys.end());
         unknownKey(e, "in defaults", keys);
@@ -651,6 +681,7 @@ class Loader {
           fields.max_timeout_s.value_or(defaults.max_timeout_s.value_or(project.max_timeout_s));
       project.push_to_task_branch = fields.push_to_task_branch.value_or(
           defaults.push_to_task_branch.value_or(project.push_to_task_branch));
+      project.artifacts = fields.artifacts.value_or(defaults.artifacts.value_or(project.artifacts));
       config_->projects[pe.key] = std::move(project);
     }
   }

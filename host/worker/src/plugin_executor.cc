@@ -1,5 +1,8 @@
 #include "kiln/worker/plugin_executor.h"
 
+#include <fnmatch.h>
+
+#include <algorithm>
 #include <atomic>
 #include <filesystem>
 #include <fstream>
@@ -278,6 +281,33 @@ ports::Outcome PluginExecutor::execute(const domain::Build& build, const domain:
       }
       result.artifacts.push_back(
           {name, (dir / name).string(), static_cast<int64_t>(fs::file_size(dir / name, ec))});
+    }
+  }
+
+  // Artifacts the project asks for by glob.
+  if (!stages->artifact_globs.empty()) {
+    const fs::path dir = artifactDir(build.task_id);
+    for (auto it = fs::recursive_directory_iterator(workspace, ec);
+         it != fs::recursive_directory_iterator(); it.increment(ec)) {
+      if (it->path().filename() == ".git") {
+        it.disable_recursion_pending();
+        continue;
+      }
+      if (!it->is_regular_file(ec)) continue;
+      const std::string rel = fs::relative(it->path(), workspace, ec).generic_string();
+      const bool wanted = std::any_of(
+          stages->artifact_globs.begin(), stages->artifact_globs.end(),
+          [&](const std::string& g) { return fnmatch(g.c_str(), rel.c_str(), FNM_PATHNAME) == 0; });
+      const std::string name = it->path().filename().string();
+      const bool taken = std::any_of(result.artifacts.begin(), result.artifacts.end(),
+                                     [&](const domain::Artifact& a) { return a.name == name; });
+      if (!wanted || taken) continue;
+      fs::create_directories(dir, ec);
+      fs::copy_file(it->path(), dir / name, fs::copy_options::overwrite_existing, ec);
+      if (!ec) {
+        result.artifacts.push_back(
+            {name, (dir / name).string(), static_cast<int64_t>(fs::file_size(dir / name, ec))});
+      }
     }
   }
 

@@ -53,6 +53,9 @@ struct ServerConfig {
   // Build logs, artifacts and workspaces live below it; relative to the
   // config file's folder. Empty: "kiln-data" there.
   std::string data_dir;
+  std::string git_author_name = "Kiln";  // author and committer of kiln's commits
+  std::string git_author_email = "kiln@localhost";
+  bool keep_failed_workspaces = false;  // keep a failed build's checkout to look into
 };
 
 struct StoreConfig {
@@ -100,6 +103,9 @@ struct ProjectConfig {
   int max_pending_builds = 100;
   int max_timeout_s = 3600;
   bool push_to_task_branch = false;  // push to kiln/<task_id>, not the build's branch
+  // Workspace files kept as artifacts after the agent ran (fnmatch globs on
+  // paths relative to the checkout, e.g. "reports/*.xml").
+  std::vector<std::string> artifacts;
   SourceLocation where;
 };
 

@@ -25,7 +25,8 @@ struct ProjectStages {
   std::shared_ptr<plugins::PluginInstance> ci_trigger;         // may be null
   std::vector<std::shared_ptr<plugins::PluginInstance>> notifiers;
   std::vector<domain::CompositionEntry> composition;
-  bool push_to_task_branch = false;  // push to kiln/<task_id> instead of the build's branch
+  bool push_to_task_branch = false;         // push to kiln/<task_id> instead of the build's branch
+  std::vector<std::string> artifact_globs;  // workspace files kept as artifacts
 };
 
 using StageResolver = std::function<Result<ProjectStages>(const domain::Project& project)>;
