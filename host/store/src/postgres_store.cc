@@ -40,10 +40,19 @@
 #include "migrations.h"
 #include "pg_listener.h"
 #include "pg_pool.h"
+#include "store_common.h"
 
 namespace kiln::store {
 namespace postgres {
 namespace {
+
+using common::leaseLost;
+using common::notFoundBuild;
+using common::notFoundProject;
+using common::projectExists;
+using common::quoted;
+using common::str;
+using common::validateProject;
 
 using domain::Build;
 using domain::BuildEvent;
@@ -285,13 +294,6 @@ SELECT a.delivery_id, a.attempt, kiln_ms(a.at), a.ok, a.detail, a.duration_ms
   };
 }
 
-std::string str(std::string_view s) {
-  return std::string(s);
-}
-std::string quoted(const std::string& s) {
-  return "\"" + s + "\"";
-}
-
 // Parameters: nullptr is SQL NULL.
 const char* nullable(const std::optional<std::string>& s) {
   return s ? s->c_str() : nullptr;
@@ -310,25 +312,6 @@ std::optional<std::string> optText(const pqxx::field& f) {
 std::optional<int64_t> optI64(const pqxx::field& f) {
   if (f.is_null()) return std::nullopt;
   return f.as<int64_t>();
-}
-
-Error notFoundBuild(const std::string& task_id) {
-  return makeError(ErrorCode::kNotFound, "build " + task_id + " not found");
-}
-
-Error notFoundProject(const std::string& id) {
-  return makeError(ErrorCode::kNotFound, "project " + quoted(id) + " not found");
-}
-
-Error projectExists(const std::string& id) {
-  return makeError(ErrorCode::kConflict, "project " + quoted(id) + " already exists");
-}
-
-Error leaseLost(const std::string& task_id) {
-  return makeError(ErrorCode::kConflict,
-                   "lease for build " + task_id +
-                       " is no longer held by this worker (it was released, or expired and the "
-                       "build went to another attempt)");
 }
 
 Project readProject(const pqxx::row& r) {
@@ -395,21 +378,6 @@ Delivery readDelivery(const pqxx::row& r) {
   d.delivered_at = optI64(r[10]);
   d.last_error = text(r[11]);
   return d;
-}
-
-std::optional<Error> validateProject(const Project& p) {
-  auto invalid = [&](const std::string& what) {
-    return makeError(ErrorCode::kInvalidArgument, "project " + quoted(p.id) + ": " + what);
-  };
-  if (p.id.empty()) return makeError(ErrorCode::kInvalidArgument, "a project needs an id");
-  if (p.default_branch.empty()) return invalid("default_branch must not be empty");
-  if (p.source != "api" && p.source != "config") {
-    return invalid("source must be \"api\" or \"config\", got " + quoted(p.source));
-  }
-  if (p.max_running_builds < 1) return invalid("max_running_builds must be at least 1");
-  if (p.max_pending_builds < 0) return invalid("max_pending_builds must not be negative");
-  if (p.max_timeout_s < 1) return invalid("max_timeout_s must be at least 1");
-  return std::nullopt;
 }
 
 void recordEvent(pqxx::work& tx, const std::string& task_id, std::optional<BuildStatus> from,

@@ -23,10 +23,17 @@
 #include "kiln/domain/build.h"
 #include "kiln/store/open.h"
 #include "sqlite_db.h"
+#include "store_common.h"
 
 namespace kiln::store {
 namespace sqlite {
 namespace {
+
+using common::notFoundBuild;
+using common::notFoundProject;
+using common::quoted;
+using common::str;
+using common::validateProject;
 
 using domain::Build;
 using domain::BuildEvent;
@@ -78,10 +85,6 @@ SELECT t.task_id FROM work_tasks t
  ORDER BY t.task_id
  LIMIT 1)";
 
-std::string str(std::string_view s) {
-  return std::string(s);
-}
-
 std::optional<std::string> nonEmpty(const std::string& s) {
   if (s.empty()) return std::nullopt;
   return s;
@@ -90,18 +93,6 @@ std::optional<std::string> nonEmpty(const std::string& s) {
 std::optional<std::string> errorKindColumn(ErrorKind k) {
   if (k == ErrorKind::kNone) return std::nullopt;
   return str(domain::errorKindName(k));
-}
-
-std::string quoted(const std::string& s) {
-  return "\"" + s + "\"";
-}
-
-Error notFoundBuild(const std::string& task_id) {
-  return makeError(ErrorCode::kNotFound, "build " + task_id + " not found");
-}
-
-Error notFoundProject(const std::string& id) {
-  return makeError(ErrorCode::kNotFound, "project " + quoted(id) + " not found");
 }
 
 // 128 random bits as 32 hex digits.
@@ -175,21 +166,6 @@ Delivery readDelivery(const Query& q) {
   d.delivered_at = q.optI64(10);
   d.last_error = q.text(11);
   return d;
-}
-
-std::optional<Error> validateProject(const Project& p) {
-  auto invalid = [&](const std::string& what) {
-    return makeError(ErrorCode::kInvalidArgument, "project " + quoted(p.id) + ": " + what);
-  };
-  if (p.id.empty()) return makeError(ErrorCode::kInvalidArgument, "a project needs an id");
-  if (p.default_branch.empty()) return invalid("default_branch must not be empty");
-  if (p.source != "api" && p.source != "config") {
-    return invalid("source must be \"api\" or \"config\", got " + quoted(p.source));
-  }
-  if (p.max_running_builds < 1) return invalid("max_running_builds must be at least 1");
-  if (p.max_pending_builds < 0) return invalid("max_pending_builds must not be negative");
-  if (p.max_timeout_s < 1) return invalid("max_timeout_s must be at least 1");
-  return std::nullopt;
 }
 
 // What the lease check found: the build and who holds its task.
