@@ -23,6 +23,8 @@
 #include "kiln/services/worker_pool.h"
 #include "kiln/store/open.h"
 
+#include "eventually.h"
+
 namespace kiln::services {
 namespace {
 
@@ -36,14 +38,7 @@ using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using namespace std::chrono_literals;
 
-bool eventually(const std::function<bool()>& pred, std::chrono::milliseconds timeout = 10s) {
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(10ms);
-  }
-  return pred();
-}
+using kiln::testing::eventually;
 
 // ---------------------------------------------------------------- policy
 

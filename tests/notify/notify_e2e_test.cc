@@ -30,6 +30,8 @@
 #include "kiln_server.h"
 #include "subprocess.h"
 
+#include "eventually.h"
+
 namespace {
 
 using kiln::testing::KilnServer;
@@ -41,14 +43,7 @@ const std::string kKiln = KILN_BINARY;
 const std::string kVerifier = KILN_WEBHOOK_VERIFIER;
 const std::string kSecret = "whsec_8zX1rOVYcUOlfRUiwmRCNqKPwl9h6Z2s3Iz5eDOpYd8=";
 
-bool eventually(const std::function<bool()>& pred, std::chrono::milliseconds timeout) {
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(25));
-  }
-  return pred();
-}
+using kiln::testing::eventually;
 
 std::string scratchDir(const std::string& what) {
   auto dir = std::filesystem::temp_directory_path() /

@@ -21,6 +21,8 @@
 #include "kiln/plugin.h"
 #include "kiln/plugins/registry.h"
 
+#include "eventually.h"
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -101,14 +103,7 @@ int liveMembers(pid_t pgid) {
   return n;
 }
 
-bool eventually(const std::function<bool()>& condition) {
-  const auto until = Clock::now() + 3s;
-  while (Clock::now() < until) {
-    if (condition()) return true;
-    std::this_thread::sleep_for(20ms);
-  }
-  return condition();
-}
+using kiln::testing::eventually;
 
 class CommandAgentTest : public ::testing::Test {
  protected:
@@ -328,7 +323,7 @@ TEST_F(CommandAgentTest, TimeoutStopsTheAgentAndItsChildren) {
   EXPECT_EQ(r.error().code, ErrorCode::kTimeout);
   EXPECT_THAT(r.error().message, HasSubstr("timed out after 1 s"));
   const pid_t pgid = static_cast<pid_t>(std::stol(streamed()));
-  EXPECT_TRUE(eventually([&] { return liveMembers(pgid) == 0; })) << "group " << pgid;
+  EXPECT_TRUE(eventually([&] { return liveMembers(pgid) == 0; }, 3s)) << "group " << pgid;
 
   // The build's own limit wins when it is shorter.
   auto long_limit = agent({{"argv", {"/bin/sh", "-c", "sleep 30"}}, {"timeout_s", 600}});
@@ -352,7 +347,7 @@ TEST_F(CommandAgentTest, CancellationStopsTheAgentWithinTwoSeconds) {
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.error().code, ErrorCode::kCancelled);
   const pid_t pgid = static_cast<pid_t>(std::stol(streamed()));
-  EXPECT_TRUE(eventually([&] { return liveMembers(pgid) == 0; }));
+  EXPECT_TRUE(eventually([&] { return liveMembers(pgid) == 0; }, 3s));
 }
 
 TEST_F(CommandAgentTest, AMissingProgramIsReportedAtExecuteNotAtCreate) {

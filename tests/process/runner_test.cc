@@ -19,6 +19,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "eventually.h"
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -104,14 +106,7 @@ int liveMembers(pid_t pgid) {
 }
 
 // Polls for up to 2 s: the kernel finishes a SIGKILL asynchronously.
-bool eventually(const std::function<bool()>& condition) {
-  const auto until = Clock::now() + 2s;
-  while (Clock::now() < until) {
-    if (condition()) return true;
-    std::this_thread::sleep_for(10ms);
-  }
-  return condition();
-}
+using kiln::testing::eventually;
 
 std::vector<pid_t> pidsIn(const std::string& text) {
   std::vector<pid_t> out;
@@ -304,8 +299,8 @@ TEST(RunnerTest, TimeoutStopsTheWholeGroupIncludingGrandchildren) {
   const auto pids = pidsIn(res.stdout_data);
   ASSERT_EQ(pids.size(), 2u) << res.stdout_data;
   const pid_t pgid = pids[0], grandchild = pids[1];
-  EXPECT_TRUE(eventually([&] { return isDead(grandchild); })) << "grandchild " << grandchild;
-  EXPECT_TRUE(eventually([&] { return liveMembers(pgid) == 0; }));
+  EXPECT_TRUE(eventually([&] { return isDead(grandchild); }, 2s)) << "grandchild " << grandchild;
+  EXPECT_TRUE(eventually([&] { return liveMembers(pgid) == 0; }, 2s));
   EXPECT_FALSE(fs::exists("/proc/" + std::to_string(pgid))) << "the child was not reaped";
 }
 
@@ -326,8 +321,8 @@ TEST(RunnerTest, CancellationStopsTheGroupWithinTwoSeconds) {
   EXPECT_GE(polls.load(), 3) << "cancelled() is polled while the child runs";
   const auto pids = pidsIn(res.stdout_data);
   ASSERT_EQ(pids.size(), 2u) << res.stdout_data;
-  EXPECT_TRUE(eventually([&] { return isDead(pids[1]); }));
-  EXPECT_TRUE(eventually([&] { return liveMembers(pids[0]) == 0; }));
+  EXPECT_TRUE(eventually([&] { return isDead(pids[1]); }, 2s));
+  EXPECT_TRUE(eventually([&] { return liveMembers(pids[0]) == 0; }, 2s));
 }
 
 TEST(RunnerTest, AChildThatIgnoresTermIsKilledAfterTheGrace) {
@@ -344,7 +339,7 @@ TEST(RunnerTest, AChildThatIgnoresTermIsKilledAfterTheGrace) {
   EXPECT_LT(took, 3s);
   const auto pids = pidsIn(res.stdout_data);
   ASSERT_EQ(pids.size(), 1u);
-  EXPECT_TRUE(eventually([&] { return liveMembers(pids[0]) == 0; }));
+  EXPECT_TRUE(eventually([&] { return liveMembers(pids[0]) == 0; }, 2s));
 }
 
 TEST(RunnerTest, WhatTheChildLeavesBehindIsKilledWhenItExits) {
@@ -357,7 +352,7 @@ TEST(RunnerTest, WhatTheChildLeavesBehindIsKilledWhenItExits) {
   EXPECT_EQ(res.exit_code, 0);
   const auto pids = pidsIn(res.stdout_data);
   ASSERT_EQ(pids.size(), 1u);
-  EXPECT_TRUE(eventually([&] { return isDead(pids[0]); }));
+  EXPECT_TRUE(eventually([&] { return isDead(pids[0]); }, 2s));
 }
 
 TEST(RunnerTest, AChildThatClosedItsOutputIsWaitedForWithoutSpinning) {

@@ -15,6 +15,8 @@
 #include "kiln/services/build_service.h"
 #include "kiln/store/open.h"
 
+#include "eventually.h"
+
 namespace kiln::services {
 namespace {
 
@@ -45,14 +47,7 @@ ports::Outcome completed(const std::string& output = "done") {
 }
 
 // Waits until `pred` holds or the timeout passes.
-bool eventually(const std::function<bool()>& pred, std::chrono::milliseconds timeout = 10s) {
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(10ms);
-  }
-  return pred();
-}
+using kiln::testing::eventually;
 
 class WorkerPoolTest : public ::testing::Test {
  protected:

@@ -25,6 +25,7 @@
 #include "kiln/domain/build.h"
 #include "kiln/ports/store.h"
 #include "kiln/store/open.h"
+#include "kiln_server.h"
 #include "subprocess.h"
 
 namespace kiln::store {
@@ -34,28 +35,6 @@ using domain::Build;
 using domain::BuildStatus;
 using ::testing::HasSubstr;
 using namespace std::chrono_literals;
-
-std::string randomHex(int bytes) {
-  static std::random_device device;
-  std::string out;
-  char buf[3];
-  for (int i = 0; i < bytes; ++i) {
-    std::snprintf(buf, sizeof buf, "%02x", static_cast<unsigned>(device() & 0xff));
-    out += buf;
-  }
-  return out;
-}
-
-// `url` with its database replaced by `db` (URI or key=value form).
-std::string withDatabase(const std::string& url, const std::string& db) {
-  const size_t scheme = url.find("://");
-  if (scheme == std::string::npos) return url + " dbname=" + db;
-  const size_t authority_end = url.find_first_of("/?", scheme + 3);
-  if (authority_end == std::string::npos) return url + "/" + db;
-  const size_t query = url.find('?', authority_end);
-  return url.substr(0, authority_end) + "/" + db +
-         (query == std::string::npos ? "" : url.substr(query));
-}
 
 // The next stdout line of `p`, or a test failure naming what was awaited.
 std::string expectLine(testing::Subprocess& p, const char* what,
@@ -72,20 +51,14 @@ std::string expectLine(testing::Subprocess& p, const char* what,
 class PgClaimTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    const char* admin = getenv("KILN_TEST_PG_URL");
-    if (admin == nullptr || *admin == '\0') {
-      GTEST_FAIL() << "KILN_TEST_PG_URL is not set. These tests need the throwaway PostgreSQL "
-                      "server that scripts/test.sh starts.";
+    try {
+      db_ = std::make_unique<::kiln::testing::TestDatabase>();
+    } catch (const std::exception& e) {
+      GTEST_FAIL() << e.what();
     }
-    admin_url_ = admin;
-    database_ = "kiln_s_" + randomHex(8);
-    {
-      pqxx::connection c(admin_url_);
-      pqxx::nontransaction w(c);
-      w.exec("CREATE DATABASE " + database_);
-    }
-    created_ = true;
-    url_ = withDatabase(admin_url_, database_);
+    admin_url_ = db_->adminUrl();
+    database_ = db_->name();
+    url_ = db_->url();
     PostgresOptions o;
     o.url = url_;
     o.pool_size = 4;
@@ -96,14 +69,7 @@ class PgClaimTest : public ::testing::Test {
 
   void TearDown() override {
     store_.reset();
-    if (!created_) return;
-    try {
-      pqxx::connection c(admin_url_);
-      pqxx::nontransaction w(c);
-      w.exec("DROP DATABASE IF EXISTS " + database_ + " WITH (FORCE)");
-    } catch (const std::exception& e) {
-      ADD_FAILURE() << "cannot drop " << database_ << ": " << e.what();
-    }
+    db_.reset();
   }
 
   domain::Project project(const std::string& id, int max_running) {
@@ -135,7 +101,7 @@ class PgClaimTest : public ::testing::Test {
   std::string admin_url_;
   std::string database_;
   std::string url_;
-  bool created_ = false;
+  std::unique_ptr<::kiln::testing::TestDatabase> db_;
   std::unique_ptr<ports::Store> store_;
   domain::TimeMs next_ms_ = domain::nowMs();
 };
@@ -382,7 +348,7 @@ TEST_F(PgClaimTest, ConcurrentStartersApplyEachMigrationOnce) {
   };
   admin("CREATE DATABASE " + fresh);
   PostgresOptions o;
-  o.url = withDatabase(admin_url_, fresh);
+  o.url = ::kiln::testing::withDatabase(admin_url_, fresh);
   o.pool_size = 1;
   constexpr int kStarters = 6;
   std::vector<std::string> errors(kStarters);

@@ -32,6 +32,8 @@
 #include "kiln/ports/store.h"
 #include "kiln/store/open.h"
 
+#include "kiln_server.h"
+
 namespace kiln::store {
 namespace {
 
@@ -53,17 +55,6 @@ using ::testing::ElementsAre;
 using ::testing::ElementsAreArray;
 using ::testing::HasSubstr;
 using namespace std::chrono_literals;
-
-std::string randomHex(int bytes) {
-  static std::random_device device;
-  std::string out;
-  char buf[3];
-  for (int i = 0; i < bytes; ++i) {
-    std::snprintf(buf, sizeof buf, "%02x", static_cast<unsigned>(device() & 0xff));
-    out += buf;
-  }
-  return out;
-}
 
 // A fresh, empty database for one test. open() may be called several times:
 // each Store is another connection (pool) to the same database.
@@ -99,51 +90,17 @@ class SqliteBackend : public Backend {
   std::filesystem::path dir_;
 };
 
-// `url` with its database replaced by `db` (URI or key=value form).
-std::string withDatabase(const std::string& url, const std::string& db) {
-  const size_t scheme = url.find("://");
-  if (scheme == std::string::npos) return url + " dbname=" + db;
-  const size_t authority_end = url.find_first_of("/?", scheme + 3);
-  if (authority_end == std::string::npos) return url + "/" + db;
-  const size_t query = url.find('?', authority_end);
-  return url.substr(0, authority_end) + "/" + db +
-         (query == std::string::npos ? "" : url.substr(query));
-}
-
 class PostgresBackend : public Backend {
  public:
   PostgresBackend() {
-    const char* admin = getenv("KILN_TEST_PG_URL");
-    if (admin == nullptr || *admin == '\0') {
-      why_ =
-          "KILN_TEST_PG_URL is not set. The PostgreSQL store tests need the throwaway server "
-          "that scripts/test.sh starts: run scripts/test.sh (or set KILN_TEST_PG_URL to an admin "
-          "connection URL of a disposable server).";
-      return;
-    }
-    admin_url_ = admin;
-    database_ = "kiln_t_" + randomHex(8);
     try {
-      pqxx::connection c(admin_url_);
-      pqxx::nontransaction w(c);
-      w.exec("CREATE DATABASE " + database_);
+      db_ = std::make_unique<::kiln::testing::TestDatabase>();
     } catch (const std::exception& e) {
-      why_ = std::string("cannot create the test database on KILN_TEST_PG_URL: ") + e.what();
+      why_ = e.what();
       return;
     }
-    created_ = true;
-    options_.url = withDatabase(admin_url_, database_);
+    options_.url = db_->url();
     options_.pool_size = 4;
-  }
-  ~PostgresBackend() override {
-    if (!created_) return;
-    try {
-      pqxx::connection c(admin_url_);
-      pqxx::nontransaction w(c);
-      w.exec("DROP DATABASE IF EXISTS " + database_ + " WITH (FORCE)");
-    } catch (const std::exception& e) {
-      ADD_FAILURE() << "cannot drop the test database " << database_ << ": " << e.what();
-    }
   }
   std::string unavailable() const override { return why_; }
   Result<std::unique_ptr<Store>> open() override { return openPostgresStore(options_); }
@@ -151,9 +108,7 @@ class PostgresBackend : public Backend {
 
  private:
   std::string why_;
-  std::string admin_url_;
-  std::string database_;
-  bool created_ = false;
+  std::unique_ptr<::kiln::testing::TestDatabase> db_;
   PostgresOptions options_;
 };
 

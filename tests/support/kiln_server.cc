@@ -22,6 +22,16 @@ std::string randomSuffix() {
 }
 }  // namespace
 
+std::string withDatabase(const std::string& url, const std::string& database) {
+  const size_t scheme = url.find("://");
+  if (scheme == std::string::npos) return url + " dbname=" + database;
+  const size_t authority_end = url.find_first_of("/?", scheme + 3);
+  if (authority_end == std::string::npos) return url + "/" + database;
+  const size_t query = url.find('?', authority_end);
+  return url.substr(0, authority_end) + "/" + database +
+         (query == std::string::npos ? "" : url.substr(query));
+}
+
 void makeBareRepository(const std::string& path) {
   std::filesystem::create_directories(path);
   const auto r = run({"/usr/bin/git", "init", "--bare", "--quiet", "--initial-branch=main", path});
@@ -40,8 +50,7 @@ TestDatabase::TestDatabase() {
   pqxx::connection c(admin_url_);
   pqxx::nontransaction tx(c);
   tx.exec("CREATE DATABASE " + name_);
-  const auto slash = admin_url_.rfind('/');
-  url_ = admin_url_.substr(0, slash + 1) + name_;
+  url_ = withDatabase(admin_url_, name_);
 }
 
 TestDatabase::~TestDatabase() {

@@ -19,12 +19,18 @@ class TestDatabase {
   TestDatabase();  // throws if KILN_TEST_PG_URL is unset or the server is down
   ~TestDatabase();
   const std::string& url() const { return url_; }
+  const std::string& name() const { return name_; }
+  const std::string& adminUrl() const { return admin_url_; }
 
  private:
   std::string admin_url_;
   std::string name_;
   std::string url_;
 };
+
+// `url` (a postgresql:// URI or a key=value string) with its database
+// replaced by `database`.
+std::string withDatabase(const std::string& url, const std::string& database);
 
 // `git init --bare` with main as its default branch (parents created).
 void makeBareRepository(const std::string& path);

@@ -146,10 +146,10 @@ int serve(const ServeOptions& options, std::ostream& out, std::ostream& err) {
     if (!stages.ok()) return stages.error();
     auto rendered = worker::PluginExecutor::renderPrompt(*stages, build, project);
     if (rendered.ok()) return {};
+    // The provider's status says which field is wrong (kiln.template-provider/1):
+    // NOT_FOUND is the template, INVALID_ARGUMENT its variables.
     Error e = rendered.error();
-    const bool missing_variable = e.code == ErrorCode::kInvalidArgument &&
-                                  e.message.find("requires variable") != std::string::npos;
-    e.fields.emplace_back(missing_variable ? "variables" : "template", e.message);
+    e.fields.emplace_back(e.code == ErrorCode::kNotFound ? "template" : "variables", e.message);
     return e;
   };
   bo.create_repository = [&resolve](const domain::Project& project) -> Result<std::string> {

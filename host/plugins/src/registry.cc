@@ -405,7 +405,8 @@ Result<void> Registry::loadFile(const std::string& path_in) {
                          it->second.info->file + ", now also by " + path);
       continue;
     }
-    found.push_back(Entry{info, loaded, &desc});
+    found.push_back(
+        Entry{info, loaded, &desc, std::make_shared<const config::JsonSchema>(*schema)});
   }
   if (!problems.empty()) {
     std::string message = problems.front();
@@ -444,10 +445,7 @@ Result<std::shared_ptr<PluginInstance>> Registry::create(const domain::PluginRef
   const Entry& e = it->second;
   const std::string who =
       "instance \"" + instance_name + "\" (" + ref.str() + " from " + e.info->file + ")";
-  std::string schema_error;
-  auto schema = config::JsonSchema::compile(e.info->config_schema, &schema_error);
-  if (!schema)
-    return makeError(ErrorCode::kPluginBug, who + ": bad config schema: " + schema_error);
+  const auto& schema = e.schema;
   const auto violations = schema->validate(config);
   if (!violations.empty()) {
     std::string message = who + ": config rejected by the plugin's schema: ";

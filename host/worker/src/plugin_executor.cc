@@ -119,9 +119,9 @@ Result<std::string> PluginExecutor::renderPrompt(const ProjectStages& stages,
                                                  const domain::Project& project) {
   if (!build.spec.template_name) return build.spec.prompt;
   if (!stages.template_provider) {
-    return makeError(ErrorCode::kInvalidArgument,
-                     "the build names template \"" + *build.spec.template_name +
-                         "\" but project \"" + project.id + "\" has no template_provider");
+    return makeError(ErrorCode::kNotFound, "the build names template \"" +
+                                               *build.spec.template_name + "\" but project \"" +
+                                               project.id + "\" has no template_provider");
   }
   json variables = build.spec.variables;
   variables["prompt"] = build.spec.prompt;

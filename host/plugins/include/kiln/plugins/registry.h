@@ -20,6 +20,10 @@
 #include "kiln/domain/plugin_kind.h"
 #include "kiln/domain/result.h"
 
+namespace kiln::config {
+class JsonSchema;
+}
+
 namespace kiln::plugins {
 
 class LoadedLibrary;
@@ -143,7 +147,8 @@ class Registry {
   struct Entry {
     std::shared_ptr<const PluginInfo> info;
     std::shared_ptr<LoadedLibrary> library;
-    const void* descriptor;  // points into library
+    const void* descriptor;                            // points into library
+    std::shared_ptr<const config::JsonSchema> schema;  // compiled once, at load
   };
 
   std::shared_ptr<const HostServices> services_;
